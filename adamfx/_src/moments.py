@@ -1,0 +1,241 @@
+"""The moments stages: ``scale_by_moments``, ``bias_correction``, ``normalize``, ``max_nu``.
+
+``scale_by_moments`` keeps the running moments of the gradient and emits a
+:class:`Moments` value; the stages after it refine that value, and ``normalize``
+turns it back into parameter-shaped updates. Adam (Kingma & Ba, 2015, Alg. 1) is
+
+    m_t = b1 m_{t-1} + (1 - b1) g_t              scale_by_moments
+    v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
+    m^_t = m_t / (1 - b1^t),  v^_t = v_t / (1 - b2^t)   bias_correction
+    u_t = m^_t / (sqrt(v^_t) + eps)              normalize
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamfx._src import checks
+from adamfx._src import hyperparams as hp
+from adamfx._src.base import Stage, identity_state
+from adamfx._src.storage import FloatStorage, resolve_storage
+from adamfx._src.tree_math import abs_sq, compute_dtype, map_pair, real_dtype, scalar_like
+
+
+class Moments(NamedTuple):
+    """What ``scale_by_moments`` hands to the next stages (not parameter-shaped).
+
+    Attributes:
+      grad: this step's gradient (also fixes the dtype of the final updates).
+      mu: first moment tree in compute dtype, or ``None`` when not kept.
+      nu: second moment tree in compute dtype, or ``None`` when not kept.
+      count: t, the number of steps including this one (int32).
+      b1, b2: the decay rates that produced ``mu`` and ``nu``.
+      nu_correction: the factor ``nu`` was divided by (1 - b2^t after
+        ``bias_correction``, else 1); lets ``normalize`` place eps on the raw root.
+    """
+
+    grad: Any
+    mu: Any
+    nu: Any
+    count: jax.Array
+    b1: jax.Array
+    b2: jax.Array
+    nu_correction: jax.Array
+
+
+class MomentsState(NamedTuple):
+    count: jax.Array  # steps taken, saturating at int32 max
+    mu: Any  # stored first moment (``None`` when b1 is None)
+    nu: Any  # stored second moment (``None`` when b2 is None)
+    hyperparams: dict
+
+
+def _require_moments(value: Any, stage: str) -> Moments:
+    if not isinstance(value, Moments):
+        raise TypeError(
+            f"{stage} expects the Moments emitted by scale_by_moments, got {type(value).__name__}; "
+            "place it after scale_by_moments in the chain."
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleByMoments(Stage):
+    b1: float | None
+    b2: float | None
+    mu_storage: Any
+    nu_storage: Any
+
+    def _stored_zeros(self, params, storage, default_dtype):
+        if storage is None:
+            return None
+        return jax.tree.map(
+            lambda p: storage.encode(jnp.zeros(p.shape, compute_dtype(p.dtype)), default_dtype(p.dtype)),
+            params,
+        )
+
+    def init(self, params):
+        values = {name: value for name, value in (("b1", self.b1), ("b2", self.b2)) if value is not None}
+        return MomentsState(
+            count=jnp.zeros([], jnp.int32),
+            mu=self._stored_zeros(params, self.mu_storage, lambda d: d),
+            nu=self._stored_zeros(params, self.nu_storage, real_dtype),
+            hyperparams=hp.as_arrays(**values),
+        )
+
+    def update(self, grads, state, params=None, **extra_args):
+        reference = state.mu if state.mu is not None else state.nu
+        checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
+        count = optax.safe_increment(state.count)
+        b1 = state.hyperparams.get("b1")
+        b2 = state.hyperparams.get("b2")
+
+        def ema(storage, stored, b, power, default_dtype):
+            def leaf(g, s):
+                g = g.astype(compute_dtype(g.dtype))
+                x = g if power == 1 else abs_sq(g)
+                old = storage.decode(s, x.dtype)
+                b_ = scalar_like(b, x)
+                new = b_ * old + (1 - b_) * x
+                return new, storage.encode(new, default_dtype(g.dtype))
+
+            return map_pair(leaf, grads, stored)
+
+        mu, new_mu = (None, None) if b1 is None else ema(self.mu_storage, state.mu, b1, 1, lambda d: d)
+        nu, new_nu = (None, None) if b2 is None else ema(self.nu_storage, state.nu, b2, 2, real_dtype)
+        one = jnp.asarray(1.0, dtype=float)
+        moments = Moments(grads, mu, nu, count, b1 if b1 is not None else one, b2 if b2 is not None else one, one)
+        return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)
+
+
+def scale_by_moments(b1: float | None = 0.9, b2: float | None = 0.999, *, mu_dtype=None, nu_dtype=None):
+    """Exponential moving averages of ``g`` and ``|g|^2`` (complex-safe).
+
+    ``m_t = b1 m_{t-1} + (1-b1) g_t`` and ``v_t = b2 v_{t-1} + (1-b2) |g_t|^2``,
+    computed in at least float32 and stored as ``mu_dtype``/``nu_dtype`` (default:
+    the parameter's dtype). ``b1=None`` or ``b2=None`` keeps only the other moment.
+    Emits a :class:`Moments` value for :func:`bias_correction` and :func:`normalize`.
+    State: ``count`` (saturating), ``mu``, ``nu``, hyperparameters ``b1``, ``b2``.
+    Used by :func:`adamfx.adam` and its relatives.
+    """
+    if b1 is None and b2 is None:
+        raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
+    checks.check_range("b1", b1, 0.0, 1.0)
+    checks.check_range("b2", b2, 0.0, 1.0)
+    mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
+    nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype")
+    return ScaleByMoments(b1, b2, mu_storage, nu_storage).transform()
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasCorrection(Stage):
+    def init(self, params):
+        return identity_state()
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = _require_moments(moments, "bias_correction")
+        t = moments.count
+        bc1 = 1 - moments.b1**t
+        bc2 = 1 - moments.b2**t
+        divide = lambda tree, bc: jax.tree.map(lambda x: x / scalar_like(bc, x), tree)  # noqa: E731
+        mu = None if moments.mu is None else divide(moments.mu, bc1)
+        nu = None if moments.nu is None else divide(moments.nu, bc2)
+        return moments._replace(mu=mu, nu=nu, nu_correction=bc2), state
+
+
+def bias_correction():
+    """Divides the moments by ``1 - b^t``: ``m^ = m / (1 - b1^t)``, ``v^ = v / (1 - b2^t)``.
+
+    ``b1``, ``b2`` and ``t`` come from the :class:`Moments` it corrects, so they
+    cannot disagree with the moments stage (and ``set_hyperparams(b1=...)``
+    changes one place). No state. Used by Adam, AMSGrad, Adamax, RAdam.
+    """
+    return BiasCorrection().transform()
+
+
+class NormalizeState(NamedTuple):
+    hyperparams: dict  # eps, eps_root
+
+
+EPS_PLACEMENTS = ("corrected", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize(Stage):
+    eps: float
+    eps_root: float
+    eps_on: str
+
+    def init(self, params):
+        return NormalizeState(hp.as_arrays(eps=self.eps, eps_root=self.eps_root))
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = _require_moments(moments, "normalize")
+        eps, eps_root = state.hyperparams["eps"], state.hyperparams["eps_root"]
+        if self.eps_on == "raw":
+            eps = eps / jnp.sqrt(moments.nu_correction)
+        numerator = moments.mu if moments.mu is not None else moments.grad
+
+        def leaf(m, v, g):
+            m = m.astype(compute_dtype(m.dtype))
+            denominator = jnp.sqrt(v + scalar_like(eps_root, v)) + scalar_like(eps, v)
+            return (m / denominator).astype(g.dtype)
+
+        return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
+
+
+def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "corrected"):
+    """Divides the first moment (or the gradient) by the root of the second: ``m / (sqrt(v + eps_root) + eps)``.
+
+    ``eps_on`` says which root ``eps`` is added to:
+
+    - ``"corrected"`` (PyTorch, optax): ``m^ / (sqrt(v^) + eps)``;
+    - ``"raw"`` (Keras): ``m^ / (sqrt(v^) + eps / sqrt(1 - b2^t))``, i.e. eps on the
+      uncorrected ``sqrt(v)``.
+
+    ``eps_root`` sits inside the root (optax's ``eps_root``; Keras RMSprop's eps).
+    Emits parameter-shaped updates in the gradient's dtype. State: ``eps``, ``eps_root``.
+    """
+    checks.check_range("eps", eps, 0.0)
+    checks.check_range("eps_root", eps_root, 0.0)
+    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
+    return Normalize(eps, eps_root, eps_on).transform()
+
+
+class MaxNuState(NamedTuple):
+    nu_max: Any  # running maximum of the second moment it sees
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxNu(Stage):
+    storage: Any
+
+    def init(self, params):
+        zero = lambda p: self.storage.encode(
+            jnp.zeros(p.shape, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype)
+        )  # noqa: E731
+        return MaxNuState(jax.tree.map(zero, params))
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = _require_moments(moments, "max_nu")
+
+        def leaf(v, stored, g):
+            new = jnp.maximum(self.storage.decode(stored, v.dtype), v)
+            return new, self.storage.encode(new, real_dtype(g.dtype))
+
+        nu, kept = map_pair(leaf, moments.nu, state.nu_max, moments.grad)
+        return moments._replace(nu=nu), MaxNuState(kept)
+
+
+def max_nu(*, nu_dtype=None):
+    """AMSGrad's running maximum (Reddi et al., 2018): ``v <- max(v_max, v)``.
+
+    Placed before :func:`bias_correction` it maxes the raw ``v`` (PyTorch, Keras);
+    after it, the corrected ``v^`` (optax). State: ``nu_max``.
+    """
+    return MaxNu(resolve_storage(nu_dtype, "nu_dtype") or FloatStorage()).transform()

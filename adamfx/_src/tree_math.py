@@ -1,0 +1,37 @@
+"""The few per-leaf numeric helpers the stages share (everything else is ``jax.tree.map``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype the update maths runs in: at least float32 (bf16/f16 are promoted)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def real_dtype(dtype) -> jnp.dtype:
+    """``float32`` for ``complex64``, the dtype itself for real dtypes."""
+    return jnp.finfo(dtype).dtype
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|**2``, real also for complex ``x``."""
+    return (x * jnp.conj(x)).real if jnp.iscomplexobj(x) else x * x
+
+
+def scalar_like(value: jax.Array, x: jax.Array) -> jax.Array:
+    """A hyperparameter array cast to the real dtype of ``x`` (never promotes ``x``)."""
+    return jnp.asarray(value).astype(real_dtype(x.dtype))
+
+
+def map_pair(fn, tree, *rest):
+    """Maps ``fn`` (which returns a pair) over the leaves of ``tree``; returns two trees.
+
+    ``rest`` may hold whole subtrees where ``tree`` has leaves (stored state).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    rest_leaves = [treedef.flatten_up_to(other) for other in rest]
+    pairs = [fn(*args) for args in zip(leaves, *rest_leaves, strict=True)]
+    return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])

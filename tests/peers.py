@@ -1,0 +1,326 @@
+"""Run the live peer optimizers (PyTorch, Keras 3 on JAX, optax) on one problem.
+
+Parity tests compare adamfx against the real implementations instead of
+re-typed formulas. Every runner drives its optimizer with the *same*
+deterministic gradient sequence (`Problem.grad`) and returns a trajectory:
+
+    trajectory: np.ndarray of shape (steps, n_params), in the run's dtype.
+    Row i holds all parameters after update t = i + 1 (the initial point is
+    not included), flattened leaf by leaf in sorted-key order (`flatten`).
+    `Problem.unflatten(row)` turns a row back into a parameter dict.
+
+Precision: float64 runs are float64 end to end. JAX runs inside
+`jax.enable_x64(True)`; Keras additionally needs `floatx` set to float64,
+otherwise it stores `learning_rate` as a float32 variable (1e-3 becomes
+1.0000000475e-3) and float64 runs drift from exact arithmetic by ~1e-9.
+Both settings are scoped to a single run and restored afterwards.
+
+Steps: `Problem.grad(params, step)` takes the 0-based step index; the peers'
+own step counters (torch `state["step"]`, Keras `iterations + 1`, optax
+`count + 1`) therefore equal step + 1 when that gradient is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+os.environ["KERAS_BACKEND"] = "jax"  # must precede any `import keras`
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+Params = dict[str, np.ndarray]
+
+#: Leaf shapes of the default problem: a matrix, a vector and a scalar.
+SHAPES: Mapping[str, tuple[int, ...]] = {"w": (3, 4), "b": (4,), "s": ()}
+
+
+# --------------------------------------------------------------------------
+# The common problem
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Noisy quadratic: grad = a * (p - target) + noise(step), per leaf.
+
+    `a` (curvature, in [0.5, 2]) and `target` are fixed per leaf; the noise is
+    N(0, noise_scale^2), drawn from `np.random.default_rng(seed + step)` so
+    every framework sees the same sequence for the same parameters. All
+    constants are stored in float64 and cast to the dtype of `params`.
+    """
+
+    init_params: Params
+    a: Params
+    target: Params
+    seed: int
+    noise_scale: float
+
+    def grad(self, params: Mapping[str, Any], step: int) -> Params:
+        """Gradient at `params` (any array-likes) for 0-based `step`."""
+        rng = np.random.default_rng(self.seed + step)
+        out = {}
+        for k in sorted(self.init_params):
+            p = np.asarray(params[k])
+            noise = self.noise_scale * rng.standard_normal(p.shape)
+            dt = p.dtype
+            out[k] = np.asarray(self.a[k].astype(dt) * (p - self.target[k].astype(dt))
+                                + noise.astype(dt))
+        return out
+
+    def params_in(self, dtype) -> Params:
+        """Copy of `init_params` cast to `dtype`."""
+        return {k: np.array(v, dtype=dtype) for k, v in self.init_params.items()}
+
+    def unflatten(self, row: np.ndarray) -> Params:
+        """Inverse of `flatten` for this problem's leaf shapes."""
+        out, i = {}, 0
+        for k in sorted(self.init_params):
+            shape = np.shape(self.init_params[k])
+            n = int(np.prod(shape))
+            out[k] = np.asarray(row[i:i + n]).reshape(shape)
+            i += n
+        return out
+
+
+def make_problem(dtype=np.float64, seed: int = 0, shapes=SHAPES,
+                 noise_scale: float = 0.5) -> Problem:
+    """Build the standard problem; `init_params` are in `dtype`."""
+    rng = np.random.default_rng([seed, 0xC0FFEE])  # independent of step noise
+    keys = sorted(shapes)
+    a = {k: rng.uniform(0.5, 2.0, shapes[k]) for k in keys}
+    target = {k: rng.standard_normal(shapes[k]) for k in keys}
+    init = {k: rng.standard_normal(shapes[k]).astype(dtype) for k in keys}
+    return Problem(init, a, target, seed, noise_scale)
+
+
+def flatten(params: Mapping[str, Any]) -> np.ndarray:
+    """Concatenate the raveled leaves of `params` in sorted-key order."""
+    return np.concatenate([np.ravel(np.asarray(params[k])) for k in sorted(params)])
+
+
+def _trajectory(problem: Problem, steps: int, state, params_of: Callable,
+                update: Callable) -> np.ndarray:
+    """Shared driver: `update(state, grads)` -> state, `params_of(state)` -> dict."""
+    rows = []
+    for step in range(steps):
+        state = update(state, problem.grad(params_of(state), step))
+        rows.append(flatten(params_of(state)))
+    return np.stack(rows)
+
+
+# --------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------
+
+#: scheduler spec kind -> factory(optimizer, argument)
+TORCH_SCHEDULERS: Mapping[str, Callable] = {
+    "exponential": lambda opt, gamma: _torch().optim.lr_scheduler.ExponentialLR(opt, gamma),
+    "lambda": lambda opt, fn: _torch().optim.lr_scheduler.LambdaLR(opt, fn),
+}
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def run_torch(name: str, kwargs: Mapping[str, Any], problem: Problem,
+              steps: int, dtype=np.float64, scheduler=None) -> np.ndarray:
+    """Trajectory of `torch.optim.<name>(params, **kwargs)`.
+
+    `scheduler` is None, ("exponential", gamma) -> ExponentialLR or
+    ("lambda", fn) -> LambdaLR (fn gets the step index from 0); it is stepped
+    after every `opt.step()`. Torch picks its default implementation (the
+    for-loop path on CPU) unless kwargs set `foreach`/`fused`.
+    """
+    torch = _torch()
+    keys = sorted(problem.init_params)
+    tensors = {k: torch.tensor(v, requires_grad=True)
+               for k, v in problem.params_in(dtype).items()}
+    opt = getattr(torch.optim, name)([tensors[k] for k in keys], **kwargs)
+    sched = TORCH_SCHEDULERS[scheduler[0]](opt, scheduler[1]) if scheduler else None
+
+    def update(state, grads):
+        for k in keys:
+            tensors[k].grad = torch.from_numpy(grads[k])
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return state
+
+    return _trajectory(problem, steps, None,
+                       lambda _: {k: t.detach().numpy() for k, t in tensors.items()},
+                       update)
+
+
+# --------------------------------------------------------------------------
+# Keras 3 (JAX backend)
+# --------------------------------------------------------------------------
+
+#: schedule spec kind -> factory(initial_lr, argument), one decay per step
+KERAS_SCHEDULES: Mapping[str, Callable] = {
+    "exponential": lambda lr, gamma: _keras().optimizers.schedules.ExponentialDecay(
+        lr, decay_steps=1, decay_rate=gamma),
+    # lr / (1 + decay * iterations): the legacy tf.keras `decay=` argument.
+    "inverse_time": lambda lr, decay: _keras().optimizers.schedules.InverseTimeDecay(
+        lr, decay_steps=1, decay_rate=decay),
+}
+
+
+def _keras():
+    import keras
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"keras was imported with backend "
+                           f"{keras.backend.backend()!r}; peers needs 'jax'")
+    return keras
+
+
+@contextlib.contextmanager
+def precision(dtype, keras_floatx: bool = False) -> Iterator[None]:
+    """Scope JAX x64 (on iff dtype is float64) and optionally Keras floatx."""
+    name = np.dtype(dtype).name
+    with jax.enable_x64(name == "float64"):
+        if not keras_floatx:
+            yield
+            return
+        keras = _keras()
+        old = keras.config.floatx()
+        keras.config.set_floatx(name)
+        try:
+            yield
+        finally:
+            keras.config.set_floatx(old)
+
+
+def run_keras(name: str, kwargs: Mapping[str, Any], problem: Problem,
+              steps: int, dtype=np.float64, schedule=None,
+              jit: bool = True) -> np.ndarray:
+    """Trajectory of `keras.optimizers.<name>(**kwargs)` on keras.Variables.
+
+    `schedule` is None, ("exponential", gamma) or ("inverse_time", decay);
+    it replaces `learning_rate` by the matching per-step schedule starting
+    from kwargs' learning_rate (or the optimizer's default).
+
+    jit=True runs `opt.stateless_apply` under `jax.jit` (about 100x faster);
+    jit=False calls the eager `opt.apply(grads, variables)`. Both give the
+    same numbers (checked in test_peers_selfcheck).
+    """
+    with precision(dtype, keras_floatx=True):
+        keras = _keras()
+        cls = getattr(keras.optimizers, name)
+        kwargs = dict(kwargs)
+        if schedule is not None:
+            lr = kwargs.get("learning_rate",
+                            inspect.signature(cls).parameters["learning_rate"].default)
+            kwargs["learning_rate"] = KERAS_SCHEDULES[schedule[0]](lr, schedule[1])
+        opt = cls(**kwargs)
+        keys = sorted(problem.init_params)
+        init = problem.params_in(dtype)
+        variables = [keras.Variable(init[k], dtype=np.dtype(dtype).name, name=k)
+                     for k in keys]
+        opt.build(variables)
+
+        if jit:
+            @jax.jit
+            def apply(state, grads):
+                values, opt_values = state
+                return opt.stateless_apply(opt_values, grads, values)
+
+            state = ([v.value for v in variables], [v.value for v in opt.variables])
+            params_of = lambda s: dict(zip(keys, s[0]))
+            update = lambda s, g: apply(s, [g[k] for k in keys])
+        else:
+            def update(state, grads):
+                opt.apply([grads[k] for k in keys], variables)
+                return state
+
+            state = None
+            params_of = lambda _: {k: v.numpy() for k, v in zip(keys, variables)}
+        return _trajectory(problem, steps, state, params_of, update)
+
+
+# --------------------------------------------------------------------------
+# optax-compatible GradientTransformations (optax itself, later adamfx)
+# --------------------------------------------------------------------------
+
+
+def run_transform(tx: optax.GradientTransformation, problem: Problem,
+                  steps: int, dtype=np.float64) -> np.ndarray:
+    """Trajectory of any optax-style `tx` (init/update) with apply_updates.
+
+    Parameters are a dict of jnp arrays in `dtype`; one jitted function does
+    `tx.update` + `optax.apply_updates` per step.
+    """
+    with precision(dtype):
+        @jax.jit
+        def apply(state, grads):
+            params, opt_state = state
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params = {k: jnp.asarray(v) for k, v in problem.params_in(dtype).items()}
+        return _trajectory(problem, steps, (params, tx.init(params)),
+                           lambda s: s[0], apply)
+
+
+run_optax = run_transform  #: alias; optax is just one source of transforms
+
+
+# --------------------------------------------------------------------------
+# Reference transcription and comparison helpers
+# --------------------------------------------------------------------------
+
+
+def numpy_adam(problem: Problem, steps: int, lr: float = 1e-3, b1: float = 0.9,
+               b2: float = 0.999, eps: float = 1e-8, dtype=np.float64,
+               eps_hat: bool = False) -> np.ndarray:
+    """Adam, Algorithm 1 of Kingma & Ba (2015), in NumPy.
+
+    eps_hat=True uses the paper's Sec. 2 reordering instead,
+    alpha_t = lr * sqrt(1 - b2^t) / (1 - b1^t), p -= alpha_t m / (sqrt(v) + eps),
+    which is exactly Keras's formula (eps on the uncorrected sqrt(v)).
+    """
+    p = problem.params_in(dtype)  # hyperparameters stay Python floats (NEP 50)
+    m = {k: np.zeros_like(x) for k, x in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    rows = []
+    for t in range(1, steps + 1):
+        g = problem.grad(p, t - 1)
+        for k in p:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
+            if eps_hat:
+                alpha_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                p[k] = p[k] - alpha_t * m[k] / (np.sqrt(v[k]) + eps)
+            else:
+                m_hat, v_hat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
+                p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+        rows.append(flatten(p))
+    return np.stack(rows)
+
+
+def max_abs_diff(traj_a: np.ndarray, traj_b: np.ndarray) -> float:
+    """max |a - b| over all steps and parameters, computed in float64."""
+    a, b = np.asarray(traj_a, np.float64), np.asarray(traj_b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b)))
+
+
+def max_rel_diff(traj: np.ndarray, ref: np.ndarray) -> float:
+    """max |traj - ref| / max(|ref|, 1), elementwise, computed in float64.
+
+    Relative where |ref| > 1, absolute below, so parameters crossing zero do
+    not blow the ratio up. Not symmetric: the second argument is the reference.
+    """
+    a, r = np.asarray(traj, np.float64), np.asarray(ref, np.float64)
+    assert a.shape == r.shape, (a.shape, r.shape)
+    return float(np.max(np.abs(a - r) / np.maximum(np.abs(r), 1.0)))
