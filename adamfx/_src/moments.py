@@ -34,7 +34,9 @@ class Moments(NamedTuple):
       mu: first moment tree in compute dtype, or ``None`` when not kept.
       nu: second moment tree in compute dtype, or ``None`` when not kept.
       count: t, the number of steps including this one (int32).
-      b1, b2: the decay rates that produced ``mu`` and ``nu``.
+      one_minus_b1, one_minus_b2: ``1 - b`` for the decay rates that produced
+        ``mu`` and ``nu`` (kept as complements: ``1 - 0.999`` is exact where
+        ``float32(0.999)`` is off by 1.3e-5 relative in ``1 - b2``).
       nu_correction: the factor ``nu`` was divided by (1 - b2^t after
         ``bias_correction``, else 1); lets ``normalize`` place eps on the raw root.
     """
@@ -43,8 +45,8 @@ class Moments(NamedTuple):
     mu: Any
     nu: Any
     count: jax.Array
-    b1: jax.Array
-    b2: jax.Array
+    one_minus_b1: jax.Array
+    one_minus_b2: jax.Array
     nu_correction: jax.Array
 
 
@@ -80,36 +82,36 @@ class ScaleByMoments(Stage):
         )
 
     def init(self, params):
-        values = {name: value for name, value in (("b1", self.b1), ("b2", self.b2)) if value is not None}
+        rates = {name: value for name, value in (("b1", self.b1), ("b2", self.b2)) if value is not None}
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=self._stored_zeros(params, self.mu_storage, lambda d: d),
             nu=self._stored_zeros(params, self.nu_storage, real_dtype),
-            hyperparams=hp.as_arrays(**values),
+            hyperparams=hp.as_arrays(**hp.complements(**rates)),
         )
 
     def update(self, grads, state, params=None, **extra_args):
         reference = state.mu if state.mu is not None else state.nu
         checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
         count = optax.safe_increment(state.count)
-        b1 = state.hyperparams.get("b1")
-        b2 = state.hyperparams.get("b2")
+        c1 = state.hyperparams.get("1-b1")
+        c2 = state.hyperparams.get("1-b2")
 
-        def ema(storage, stored, b, power, default_dtype):
+        def ema(storage, stored, one_minus_b, power, default_dtype):
             def leaf(g, s):
-                g = g.astype(compute_dtype(g.dtype))
-                x = g if power == 1 else abs_sq(g)
+                wide = g.astype(compute_dtype(g.dtype))
+                x = wide if power == 1 else abs_sq(wide)
                 old = storage.decode(s, x.dtype)
-                b_ = scalar_like(b, x)
-                new = b_ * old + (1 - b_) * x
+                c = scalar_like(one_minus_b, x)
+                new = (1 - c) * old + c * x
                 return new, storage.encode(new, default_dtype(g.dtype))
 
             return map_pair(leaf, grads, stored)
 
-        mu, new_mu = (None, None) if b1 is None else ema(self.mu_storage, state.mu, b1, 1, lambda d: d)
-        nu, new_nu = (None, None) if b2 is None else ema(self.nu_storage, state.nu, b2, 2, real_dtype)
+        mu, new_mu = (None, None) if c1 is None else ema(self.mu_storage, state.mu, c1, 1, lambda d: d)
+        nu, new_nu = (None, None) if c2 is None else ema(self.nu_storage, state.nu, c2, 2, real_dtype)
         one = jnp.asarray(1.0, dtype=float)
-        moments = Moments(grads, mu, nu, count, b1 if b1 is not None else one, b2 if b2 is not None else one, one)
+        moments = Moments(grads, mu, nu, count, one if c1 is None else c1, one if c2 is None else c2, one)
         return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)
 
 
@@ -132,6 +134,11 @@ def scale_by_moments(b1: float | None = 0.9, b2: float | None = 0.999, *, mu_dty
     return ScaleByMoments(b1, b2, mu_storage, nu_storage).transform()
 
 
+def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
+    """``1 - b**t`` from ``1 - b``, accurate to a few ulp also for small t (via log1p/expm1)."""
+    return -jnp.expm1(t * jnp.log1p(-one_minus_b))
+
+
 @dataclasses.dataclass(frozen=True)
 class BiasCorrection(Stage):
     def init(self, params):
@@ -140,8 +147,8 @@ class BiasCorrection(Stage):
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "bias_correction")
         t = moments.count
-        bc1 = 1 - moments.b1**t
-        bc2 = 1 - moments.b2**t
+        bc1 = one_minus_power(moments.one_minus_b1, t)
+        bc2 = one_minus_power(moments.one_minus_b2, t)
         divide = lambda tree, bc: jax.tree.map(lambda x: x / scalar_like(bc, x), tree)  # noqa: E731
         mu = None if moments.mu is None else divide(moments.mu, bc1)
         nu = None if moments.nu is None else divide(moments.nu, bc2)
