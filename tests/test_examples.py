@@ -1,0 +1,22 @@
+"""The flagship example reaches its promised accuracy and writes its plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_mlp_reaches_95_percent_and_saves_the_plot(tmp_path, monkeypatch):
+    example = load("digits_mlp")
+    monkeypatch.setattr(example, "OUT", tmp_path)
+    assert example.main(epochs=40) >= 0.95
+    assert (tmp_path / "digits_mlp_loss.png").stat().st_size > 10_000
