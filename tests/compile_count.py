@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 
 import jax
+import optax
 
 _EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -33,3 +34,14 @@ def compiles() -> Iterator[Counter]:
         yield counter
     finally:
         jax.monitoring.unregister_event_duration_listener(counter)
+
+
+def static_tx_step(traces: list):
+    """A jitted train step taking the optimizer as a static argument; appends to ``traces`` when traced."""
+
+    def step(tx, params, state, grads):
+        traces.append(1)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, static_argnums=0)

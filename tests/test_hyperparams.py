@@ -17,7 +17,7 @@ from flax.training import train_state
 
 import adamfx
 from tests import peers
-from tests.compile_count import compiles
+from tests.compile_count import compiles, static_tx_step
 
 
 def numpy_adam(problem, lrs, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
@@ -187,13 +187,7 @@ def test_equal_arguments_give_equal_optimizers_with_equal_hashes():
 
 def test_recreated_optimizer_as_static_argument_does_not_retrace():
     traces = []
-
-    def step(tx, params, state, grads):
-        traces.append(1)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    step = jax.jit(step, static_argnums=0)
+    step = static_tx_step(traces)
     params = {"w": jnp.ones(3)}
     with compiles() as counter:
         for _ in range(3):

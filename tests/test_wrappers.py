@@ -16,6 +16,7 @@ import pytest
 
 import adamfx
 from tests import peers
+from tests.compile_count import static_tx_step
 
 
 def numpy_adam_step(p, m, v, g, t, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -320,13 +321,7 @@ WRAPPERS = [
 def test_wrappers_compare_by_value_and_do_not_retrace(make):
     assert make() == make() and hash(make()) == hash(make())
     traces = []
-
-    def step(tx, params, state, grads):
-        traces.append(1)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    step = jax.jit(step, static_argnums=0)
+    step = static_tx_step(traces)
     params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
     for _ in range(2):
         tx = make()
