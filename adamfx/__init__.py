@@ -13,6 +13,7 @@ from adamfx._src.base import Chain, GradientTransformation, GradientTransformati
 from adamfx._src.ema import EmaState, ema_params, with_ema
 from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
+from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.stages import add_decayed_weights, lr_decay
 from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
@@ -32,11 +33,13 @@ __all__ = [
     "amsgrad",
     "apply_if_finite",
     "bias_correction",
+    "bytes_per_device",
     "chain",
     "ema_params",
     "exclude_bias_and_norm",
     "groups",
     "hyperparams",
+    "init_sharded",
     "lr_decay",
     "masked",
     "max_nu",
@@ -45,5 +48,6 @@ __all__ = [
     "partition",
     "scale_by_moments",
     "set_hyperparams",
+    "state_shardings",
     "with_ema",
 ]
