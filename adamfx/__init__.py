@@ -10,6 +10,7 @@ the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``.
 
 from adamfx._src.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
+from adamfx._src.checkpoint import check_compatible, restore_state
 from adamfx._src.ema import EmaState, ema_params, with_ema
 from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
@@ -35,6 +36,7 @@ __all__ = [
     "bias_correction",
     "bytes_per_device",
     "chain",
+    "check_compatible",
     "ema_params",
     "exclude_bias_and_norm",
     "groups",
@@ -46,6 +48,7 @@ __all__ = [
     "multi_steps",
     "normalize",
     "partition",
+    "restore_state",
     "scale_by_moments",
     "set_hyperparams",
     "state_shardings",
