@@ -8,7 +8,7 @@ every 20 steps, three ways, measured in the same process:
 - ``adamfx.adam`` with ``adamfx.set_hyperparams``.
 
 Prints compilations of the train step and wall time (median of 3 runs) with ratios to the optax
-rebuild, writes ``benchmarks/results/hyperparam_changes.{json,png}``.
+rebuild, writes ``benchmarks/out/hyperparam_changes.{json,png}``.
 
     python benchmarks/hyperparam_changes.py
 """
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import optax
 
 import adamfx
 
 STEPS, EVERY, REPEATS = 200, 20, 3
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).parent / "out"
 SIZES = [(784, 512), (512,), (512, 512), (512,), (512, 10), (10,)]
 
 
@@ -130,13 +131,7 @@ def main():
         print(f"{name:26} {r['compiles']:>14} {r['seconds']:>9.3f} {r['seconds'] / base:>10.2f}x")
     OUT.mkdir(exist_ok=True)
     (OUT / "hyperparam_changes.json").write_text(json.dumps({"jax": jax.__version__, "results": results}, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt.switch_backend("Agg")
     fig, ax = plt.subplots(figsize=(6, 2.8))
     ax.barh(list(results), [r["seconds"] for r in results.values()])
     for i, r in enumerate(results.values()):

@@ -9,7 +9,7 @@ shards on device 0, the optimizer-state bytes of
 - ``adamfx.adam`` via ``init_sharded`` (placed like the params),
 - ``adamfx.adam`` via ``init_sharded(zero_axis="data")`` (ZeRO-1),
 
-prints a table with the ratios, and writes ``benchmarks/results/zero_memory.{json,png}``.
+prints a table with the ratios, and writes ``benchmarks/out/zero_memory.{json,png}``.
 
     python benchmarks/zero_memory.py
 """
@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -33,7 +34,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import adamfx  # noqa: E402
 
 VOCAB, WIDTH, LAYERS = 4096, 256, 4
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).parent / "out"
 
 
 def param_specs():
@@ -90,13 +91,7 @@ def main():
         )
     OUT.mkdir(exist_ok=True)
     (OUT / "zero_memory.json").write_text(json.dumps({"jax": jax.__version__, "rows": rows}, indent=2))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt.switch_backend("Agg")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(rows))
     for offset, key in zip((-0.25, 0, 0.25), ("optax.adam", "adamfx.adam", "adamfx.adam ZeRO-1"), strict=True):
