@@ -69,7 +69,7 @@ def _multi_steps(tx, every_k_schedule, use_grad_mean, should_skip_update_fn, acc
         )
 
     def update(updates, state, params=None, **extra_args):
-        return build(updates).update(updates, state, params, **extra_args)
+        return build(state.acc_grads).update(updates, state, params, **extra_args)  # the dtype init chose
 
     return optax.GradientTransformationExtraArgs(lambda params: build(params).init(params), update)
 
