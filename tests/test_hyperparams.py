@@ -228,6 +228,24 @@ def test_flax_train_state_does_not_retrace_when_the_optimizer_is_recreated(make_
     assert len(traces) == expected_traces
 
 
+def test_set_hyperparams_on_a_whole_train_state_without_retracing():
+    traces = []
+
+    @jax.jit
+    def train_step(state, x):
+        traces.append(1)
+        return state.apply_gradients(grads=jax.grad(loss)(state.params, x))
+
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=adamfx.adam(1e-3))
+    state = train_step(state, jnp.ones((4, 3)))
+    state = adamfx.set_hyperparams(state, learning_rate=1e-2)
+    assert isinstance(state, train_state.TrainState)
+    state = train_step(state, jnp.ones((4, 3)))
+    assert float(adamfx.hyperparams(state)["learning_rate"]) == pytest.approx(1e-2)
+    assert len(traces) == 1
+
+
 class TinyModel(nnx.Module):
     def __init__(self, rngs):
         self.linear = nnx.Linear(3, 2, rngs=rngs)
