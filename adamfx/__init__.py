@@ -2,20 +2,28 @@
 
 Where things live: ``adamfx/_src/adam.py`` (Adam, AdamW, AMSGrad),
 ``adamfx/_src/moments.py`` (scale_by_moments, bias_correction, normalize),
-``adamfx/_src/stages.py`` (lr_decay, weight decay).
+``adamfx/_src/stages.py`` (lr_decay, weight decay), ``adamfx/_src/hyperparams.py``
+(hyperparameters in the state), ``adamfx/_src/wrappers.py`` (accumulation,
+non-finite steps, parameter groups), ``adamfx/_src/ema.py`` (moving average of
+the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``.
 """
 
 from adamfx._src.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
-from adamfx._src.hyperparams import hyperparams, set_hyperparams
+from adamfx._src.checkpoint import check_compatible, restore_state
+from adamfx._src.ema import EmaState, ema_params, with_ema
+from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
+from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.stages import add_decayed_weights, lr_decay
+from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CONVENTIONS",
     "Chain",
+    "EmaState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
     "Moments",
@@ -24,12 +32,25 @@ __all__ = [
     "adamw",
     "add_decayed_weights",
     "amsgrad",
+    "apply_if_finite",
     "bias_correction",
+    "bytes_per_device",
     "chain",
+    "check_compatible",
+    "ema_params",
+    "exclude_bias_and_norm",
+    "groups",
     "hyperparams",
+    "init_sharded",
     "lr_decay",
+    "masked",
     "max_nu",
+    "multi_steps",
     "normalize",
+    "partition",
+    "restore_state",
     "scale_by_moments",
     "set_hyperparams",
+    "state_shardings",
+    "with_ema",
 ]

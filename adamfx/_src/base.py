@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import optax
 
+from adamfx._src import checks
+
 GradientTransformation = optax.GradientTransformation
 GradientTransformationExtraArgs = optax.GradientTransformationExtraArgs
 
@@ -32,6 +34,14 @@ class Stage:
     """
 
     elementwise: ClassVar[bool] = True
+
+    def __post_init__(self):
+        # 0-d arrays (``learning_rate=jnp.array(1e-3)``) would make the stage unhashable.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            scalar = checks.as_python_scalar(value)
+            if scalar is not value:
+                object.__setattr__(self, field.name, scalar)
 
     def init(self, params):
         raise NotImplementedError

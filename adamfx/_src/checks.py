@@ -10,6 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
+
+
+def as_python_scalar(value: Any) -> Any:
+    """A concrete 0-d NumPy/JAX array as the Python number it holds; anything else unchanged.
+
+    Stages are frozen dataclasses compared and hashed by value; arrays are
+    neither hashable nor comparable to a bool, so an argument such as
+    ``learning_rate=jnp.array(1e-3)`` is stored as the float it holds. Traced
+    values are left alone.
+    """
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)) and not isinstance(value, jax.core.Tracer):
+        if np.shape(value) == ():
+            return value.item()
+    return value
 
 
 def _is_concrete_number(value: Any) -> bool:
@@ -94,7 +109,7 @@ def freeze(tree: Any) -> Any:
     if tree is None or callable(tree):
         return tree
     leaves, treedef = jax.tree.flatten(tree)
-    return FrozenTree(treedef, tuple(leaves))
+    return FrozenTree(treedef, tuple(as_python_scalar(leaf) for leaf in leaves))
 
 
 class FrozenTree(tuple):

@@ -77,7 +77,7 @@ class ScaleByMoments(Stage):
         if storage is None:
             return None
         return jax.tree.map(
-            lambda p: storage.encode(jnp.zeros(p.shape, compute_dtype(p.dtype)), default_dtype(p.dtype)),
+            lambda p: storage.encode(jnp.zeros_like(p, compute_dtype(p.dtype)), default_dtype(p.dtype)),
             params,
         )
 
@@ -223,9 +223,7 @@ class MaxNu(Stage):
     storage: Any
 
     def init(self, params):
-        zero = lambda p: self.storage.encode(
-            jnp.zeros(p.shape, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype)
-        )  # noqa: E731
+        zero = lambda p: self.storage.encode(jnp.zeros_like(p, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype))  # noqa: E731
         return MaxNuState(jax.tree.map(zero, params))
 
     def update(self, moments, state, params=None, **extra_args):

@@ -1,0 +1,108 @@
+"""Optimizer-state bytes per device: placed like the params vs ZeRO-1, on 8 simulated CPU devices.
+
+A transformer-like parameter tree (embedding, attention and MLP kernels sharded
+along ``model``, norms and biases replicated) on meshes ``data x model`` with
+data = 1, 2, 4, 8. For each mesh it measures, from the arrays' addressable
+shards on device 0, the optimizer-state bytes of
+
+- ``optax.adam`` initialised on the sharded params (its zeros follow the params),
+- ``adamfx.adam`` via ``init_sharded`` (placed like the params),
+- ``adamfx.adam`` via ``init_sharded(zero_axis="data")`` (ZeRO-1),
+
+prints a table with the ratios, and writes ``benchmarks/out/zero_memory.{json,png}``.
+
+    python benchmarks/zero_memory.py
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import json  # noqa: E402
+import platform  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import adamfx  # noqa: E402
+
+VOCAB, WIDTH, LAYERS = 4096, 256, 4
+OUT = Path(__file__).parent / "out"
+
+
+def param_specs():
+    specs = {"embed": ((VOCAB, WIDTH), P("model", None)), "final_norm": ((WIDTH,), P())}
+    for i in range(LAYERS):
+        specs[f"layer{i}"] = {
+            "qkv": ((WIDTH, 3 * WIDTH), P(None, "model")),
+            "proj": ((WIDTH, WIDTH), P("model", None)),
+            "up": ((WIDTH, 4 * WIDTH), P(None, "model")),
+            "down": ((4 * WIDTH, WIDTH), P("model", None)),
+            "norm": ((WIDTH,), P()),
+            "bias": ((4 * WIDTH,), P("model")),
+        }
+    return specs
+
+
+def is_spec(x):
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], P)
+
+
+def sharded_params(mesh):
+    return jax.tree.map(
+        lambda s: jax.device_put(jnp.zeros(s[0], jnp.float32), NamedSharding(mesh, s[1])),
+        param_specs(),
+        is_leaf=is_spec,
+    )
+
+
+def measure(data):
+    mesh = jax.make_mesh((data, 8 // data), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    params = sharded_params(mesh)
+    device = jax.devices()[0]
+    on_device = lambda tree: adamfx.bytes_per_device(tree)[device]  # noqa: E731
+    return {
+        "mesh": f"{data}x{8 // data}",
+        "params": on_device(params),
+        "optax.adam": on_device(optax.adam(1e-3).init(params)),
+        "adamfx.adam": on_device(adamfx.init_sharded(adamfx.adam(1e-3), params)),
+        "adamfx.adam ZeRO-1": on_device(adamfx.init_sharded(adamfx.adam(1e-3), params, zero_axis="data")),
+    }
+
+
+def main():
+    rows = [measure(data) for data in (1, 2, 4, 8)]
+    print(f"optimizer-state bytes on device 0 ({platform.processor() or platform.machine()}, 8 simulated devices)")
+    header = (
+        f"{'mesh data x model':>18} {'params':>10} {'optax.adam':>11} {'adamfx':>10} {'ZeRO-1':>10} {'optax/ZeRO':>11}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['mesh']:>18} {r['params']:>10,} {r['optax.adam']:>11,} {r['adamfx.adam']:>10,} "
+            f"{r['adamfx.adam ZeRO-1']:>10,} {r['optax.adam'] / r['adamfx.adam ZeRO-1']:>10.2f}x"
+        )
+    OUT.mkdir(exist_ok=True)
+    (OUT / "zero_memory.json").write_text(json.dumps({"jax": jax.__version__, "rows": rows}, indent=2))
+    plt.switch_backend("Agg")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = range(len(rows))
+    for offset, key in zip((-0.25, 0, 0.25), ("optax.adam", "adamfx.adam", "adamfx.adam ZeRO-1"), strict=True):
+        ax.bar([i + offset for i in x], [r[key] / 2**20 for r in rows], width=0.25, label=key)
+    ax.set_xticks(list(x), [r["mesh"] for r in rows])
+    ax.set_xlabel("mesh (data x model)")
+    ax.set_ylabel("optimizer state per device (MiB)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "zero_memory.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
