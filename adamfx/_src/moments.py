@@ -72,6 +72,7 @@ class ScaleByMoments(Stage):
     b2: float | None
     mu_storage: Any
     nu_storage: Any
+    names: tuple[str, str] = ("b1", "b2")
 
     def _stored_zeros(self, params, storage, default_dtype):
         if storage is None:
@@ -82,7 +83,7 @@ class ScaleByMoments(Stage):
         )
 
     def init(self, params):
-        rates = {name: value for name, value in (("b1", self.b1), ("b2", self.b2)) if value is not None}
+        rates = {name: rate for name, rate in zip(self.names, (self.b1, self.b2), strict=True) if rate is not None}
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=self._stored_zeros(params, self.mu_storage, lambda d: d),
@@ -94,8 +95,8 @@ class ScaleByMoments(Stage):
         reference = state.mu if state.mu is not None else state.nu
         checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
         count = optax.safe_increment(state.count)
-        c1 = state.hyperparams.get("1-b1")
-        c2 = state.hyperparams.get("1-b2")
+        c1 = None if self.b1 is None else state.hyperparams[hp.COMPLEMENT + self.names[0]]
+        c2 = None if self.b2 is None else state.hyperparams[hp.COMPLEMENT + self.names[1]]
 
         def ema(storage, stored, one_minus_b, power, default_dtype):
             def leaf(g, s):
@@ -115,7 +116,14 @@ class ScaleByMoments(Stage):
         return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)
 
 
-def scale_by_moments(b1: float | None = 0.9, b2: float | None = 0.999, *, mu_dtype=None, nu_dtype=None):
+def scale_by_moments(
+    b1: float | None = 0.9,
+    b2: float | None = 0.999,
+    *,
+    mu_dtype=None,
+    nu_dtype=None,
+    names: tuple[str, str] = ("b1", "b2"),
+):
     """Exponential moving averages of ``g`` and ``|g|^2`` (complex-safe).
 
     ``m_t = b1 m_{t-1} + (1-b1) g_t`` and ``v_t = b2 v_{t-1} + (1-b2) |g_t|^2``,
@@ -123,15 +131,19 @@ def scale_by_moments(b1: float | None = 0.9, b2: float | None = 0.999, *, mu_dty
     the parameter's dtype). ``b1=None`` or ``b2=None`` keeps only the other moment.
     Emits a :class:`Moments` value for :func:`bias_correction` and :func:`normalize`.
     State: ``count`` (saturating), ``mu``, ``nu``, hyperparameters ``b1``, ``b2``.
-    Used by :func:`adamfx.adam` and its relatives.
+    ``names`` renames those two hyperparameters in the state (RMSprop and
+    Adadelta call their rate ``rho``); one name for both makes them a single
+    hyperparameter. Used by :func:`adamfx.adam` and its relatives.
     """
     if b1 is None and b2 is None:
         raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
     checks.check_range("b1", b1, 0.0, 1.0)
     checks.check_range("b2", b2, 0.0, 1.0)
+    if b1 is not None and b2 is not None and names[0] == names[1] and b1 != b2:
+        raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype")
-    return ScaleByMoments(b1, b2, mu_storage, nu_storage).transform()
+    return ScaleByMoments(b1, b2, mu_storage, nu_storage, tuple(names)).transform()
 
 
 def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
