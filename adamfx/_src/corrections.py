@@ -1,0 +1,131 @@
+"""Refinements of Adam's bias correction: Nadam's Nesterov look-ahead and RAdam's rectification.
+
+- :func:`nesterov_momentum` replaces :func:`bias_correction` in Nadam (Dozat,
+  2016): the first moment is read one step ahead,
+  ``m^_t = mu_{t+1} m_t / (1 - prod_{i<=t+1} mu_i) + (1 - mu_t) g_t / (1 - prod_{i<=t} mu_i)``.
+- :func:`rectify` replaces :func:`normalize` in RAdam (Liu et al., 2020): it
+  normalizes only once the variance of the adaptive step is tractable, and
+  scales by the rectification term ``r_t``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from adamfx._src import checks
+from adamfx._src import hyperparams as hp
+from adamfx._src.base import Stage
+from adamfx._src.moments import EPS_PLACEMENTS, BiasCorrection, Normalize, NormalizeState
+from adamfx._src.moments import _require_moments as require_moments
+from adamfx._src.tree_math import compute_dtype, scalar_like
+
+
+class NesterovState(NamedTuple):
+    mu_product: jax.Array  # prod_{i<=t} mu_i over the steps taken
+    hyperparams: dict  # momentum_decay (when the schedule is on)
+
+
+@dataclasses.dataclass(frozen=True)
+class NesterovMomentum(Stage):
+    momentum_decay: float | None
+
+    def init(self, params):
+        values = {} if self.momentum_decay is None else {"momentum_decay": self.momentum_decay}
+        return NesterovState(jnp.ones([], dtype=float), hp.as_arrays(**values))
+
+    def _mu(self, b1, step, hyperparams):
+        """mu_t = b1 (1 - 0.5 * 0.96^(t psi)) (Dozat's schedule), or b1 when there is no schedule."""
+        if self.momentum_decay is None:
+            return b1
+        return b1 * (1 - 0.5 * 0.96 ** (step * hyperparams["momentum_decay"]))
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = require_moments(moments, "nesterov_momentum")
+        if moments.mu is None:
+            raise ValueError("nesterov_momentum needs the first moment: build scale_by_moments with b1.")
+        b1 = jnp.asarray(moments.b1, dtype=state.mu_product.dtype)
+        step = moments.count.astype(b1.dtype)
+        mu_now = self._mu(b1, step, state.hyperparams)
+        mu_next = self._mu(b1, step + 1, state.hyperparams)
+        product = state.mu_product * mu_now
+        grad_weight = (1 - mu_now) / (1 - product)
+        moment_weight = mu_next / (1 - product * mu_next)
+
+        def leaf(m, g):
+            g = g.astype(compute_dtype(g.dtype))
+            return scalar_like(moment_weight, m) * m + scalar_like(grad_weight, g) * g
+
+        mu = jax.tree.map(leaf, moments.mu, moments.grad)
+        corrected, _ = BiasCorrection().update(moments._replace(mu=None), None)
+        return corrected._replace(mu=mu), NesterovState(product, state.hyperparams)
+
+
+def nesterov_momentum(momentum_decay: float | None = 4e-3):
+    """Nadam's look-ahead first moment, with Dozat's momentum schedule.
+
+    With ``mu_t = b1 (1 - 0.5 * 0.96^(t momentum_decay))`` and ``P_t = prod_{i<=t} mu_i``::
+
+        m^_t = mu_{t+1} m_t / (1 - P_t mu_{t+1}) + (1 - mu_t) g_t / (1 - P_t)
+        v^_t = v_t / (1 - b2^t)
+
+    ``momentum_decay`` is PyTorch's psi (4e-3); Keras's Nadam is psi = 1;
+    ``None`` keeps ``mu_t = b1`` constant, optax's ``nadam`` form
+    ``b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``. Takes the place of
+    :func:`bias_correction` (it corrects ``v`` the same way). ``b1`` and ``t``
+    come from the :class:`Moments`. State: the running product ``mu_product``
+    (like PyTorch and Keras, it keeps the history if ``b1`` changes),
+    hyperparameter ``momentum_decay``. Used by :func:`adamfx.nadam`, and by
+    :func:`adamfx.radam` with ``nesterov=True``.
+    """
+    checks.check_range("momentum_decay", momentum_decay, 0.0)
+    return NesterovMomentum(momentum_decay).transform()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rectify(Normalize):
+    threshold: float
+    inclusive: bool
+
+    def init(self, params):
+        state = super().init(params)
+        return NormalizeState({**state.hyperparams, **hp.as_arrays(threshold=self.threshold)})
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = require_moments(moments, "rectify")
+        normalized, state = super().update(moments, state, params)
+        b2, t = moments.b2, moments.count
+        rho_inf = 2 / (1 - b2) - 1
+        b2_t = b2**t
+        rho_t = rho_inf - 2 * t * b2_t / (1 - b2_t)
+        r = jnp.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        threshold = state.hyperparams["threshold"]
+        tractable = rho_t >= threshold if self.inclusive else rho_t > threshold
+
+        def leaf(n, m):
+            return jnp.where(tractable, scalar_like(r, n) * n, m.astype(n.dtype))
+
+        return jax.tree.map(leaf, normalized, moments.mu), state
+
+
+def rectify(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "corrected", threshold=5.0, inclusive=True):
+    """RAdam's rectified step (Liu et al., 2020, Alg. 2).
+
+    With ``rho_inf = 2 / (1 - b2) - 1`` and ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``::
+
+        r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+        u_t = r_t m^_t / (sqrt(v^_t) + eps)   if rho_t >= threshold (inclusive) or > threshold
+        u_t = m^_t                            otherwise (plain momentum SGD)
+
+    ``eps``, ``eps_root`` and ``eps_on`` as :func:`normalize` (PyTorch adds eps
+    to the raw ``sqrt(v)``: ``eps_on="raw"``). PyTorch takes ``rho_t > 5``,
+    optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
+    """
+    checks.check_range("eps", eps, 0.0)
+    checks.check_range("eps_root", eps_root, 0.0)
+    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
+    checks.check_range("threshold", threshold, 4.0)
+    return Rectify(eps, eps_root, eps_on, threshold, bool(inclusive)).transform()

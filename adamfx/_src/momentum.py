@@ -1,0 +1,122 @@
+"""Momentum buffers on parameter-shaped updates: ``trace`` and ``decoupled_weight_decay``.
+
+``trace`` is the heavy-ball buffer of SGD and of RMSprop's momentum (Polyak,
+1964; Sutskever et al., 2013 for the Nesterov form). Where it sits in a chain
+decides whether the learning rate lives inside the buffer:
+
+- before :func:`adamfx.lr_decay` (PyTorch, optax ``sgd``): ``b_t = mu b_{t-1} + g_t``,
+  ``p -= lr_t b_t``;
+- after it (Keras ``SGD``/``RMSprop``, optax ``rmsprop``): ``b_t = mu b_{t-1} - lr_t g_t``,
+  ``p += b_t``. The two agree while the learning rate is constant and differ
+  once it changes (a schedule or the legacy ``decay``).
+
+When the learning rate sits inside the buffer, a decoupled weight decay must
+not enter it: :func:`decoupled_weight_decay` adds ``-lr_t wd p`` on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamfx._src import checks
+from adamfx._src import hyperparams as hp
+from adamfx._src.base import Stage, stage_of
+from adamfx._src.stages import add_decayed_weights, lr_decay
+from adamfx._src.storage import resolve_storage
+from adamfx._src.tree_math import compute_dtype, map_pair, scalar_like
+
+
+class TraceState(NamedTuple):
+    count: jax.Array  # steps taken (the first step fills the buffer with the update itself)
+    trace: Any  # stored momentum buffer
+    hyperparams: dict  # momentum, dampening
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace(Stage):
+    momentum: float
+    dampening: float
+    nesterov: bool
+    storage: Any
+
+    def init(self, params):
+        zeros = lambda p: self.storage.encode(jnp.zeros(p.shape, compute_dtype(p.dtype)), p.dtype)  # noqa: E731
+        return TraceState(
+            count=jnp.zeros([], jnp.int32),
+            trace=jax.tree.map(zeros, params),
+            hyperparams=hp.as_arrays(momentum=self.momentum, dampening=self.dampening),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        checks.check_same_structure(updates, state.trace, "updates", "optimizer state (built by init)")
+        momentum, dampening = state.hyperparams["momentum"], state.hyperparams["dampening"]
+        first = state.count == 0
+
+        def leaf(u, stored):
+            x = u.astype(compute_dtype(u.dtype))
+            mu = scalar_like(momentum, x)
+            damped = mu * self.storage.decode(stored, x.dtype) + (1 - scalar_like(dampening, x)) * x
+            buffer = jnp.where(first, x, damped)
+            out = x + mu * buffer if self.nesterov else buffer
+            return out.astype(u.dtype), self.storage.encode(buffer, u.dtype)
+
+        out, kept = map_pair(leaf, updates, state.trace)
+        return out, TraceState(optax.safe_increment(state.count), kept, state.hyperparams)
+
+
+def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False, *, mu_dtype=None):
+    """The momentum buffer: ``b_1 = u_1``, ``b_t = momentum b_{t-1} + (1 - dampening) u_t``.
+
+    Emits ``b_t``, or ``u_t + momentum b_t`` with ``nesterov=True``. The first
+    step stores the update itself, undamped (PyTorch's rule; with
+    ``dampening=0`` it is the same as starting from a zero buffer, as optax and
+    Keras do). State: ``count``, ``trace`` (stored as ``mu_dtype``, default the
+    parameter dtype), hyperparameters ``momentum``, ``dampening``. Used by
+    :func:`adamfx.sgd` and :func:`adamfx.rmsprop`.
+    """
+    checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=True)
+    checks.check_range("dampening", dampening, 0.0, 1.0, high_inclusive=True)
+    if nesterov and (not momentum or dampening):
+        raise ValueError(
+            f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum!r}, dampening={dampening!r}."
+        )
+    return Trace(momentum, dampening, bool(nesterov), resolve_storage(mu_dtype, "mu_dtype")).transform()
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoupledWeightDecay(Stage):
+    decayed_weights: Stage  # add_decayed_weights: wd * p
+    rate: Stage  # lr_decay: times -lr_t
+
+    @property
+    def elementwise(self) -> bool:
+        return self.decayed_weights.elementwise
+
+    def init(self, params):
+        return (self.decayed_weights.init(params), self.rate.init(params))
+
+    def update(self, updates, state, params=None, **extra_args):
+        zeros = jax.tree.map(jnp.zeros_like, updates)
+        term, weights_state = self.decayed_weights.update(zeros, state[0], params)
+        term, rate_state = self.rate.update(term, state[1], params)
+        return jax.tree.map(jnp.add, updates, term), (weights_state, rate_state)
+
+
+def decoupled_weight_decay(weight_decay: float, learning_rate: Any = 1e-3, decay: float = 0.0, mask: Any = None):
+    """Adds ``-lr_t weight_decay p`` to the updates, with its own copy of the learning rate.
+
+    Keras applies ``p -= lr_t wd p`` before every optimizer step; in a chain whose
+    learning rate is already inside a momentum buffer (Keras ``SGD`` and
+    ``RMSprop``) that term must bypass the buffer, so this stage scales it by
+    the same ``lr_t`` (schedule and legacy ``decay``) itself. Its state holds
+    the states of :func:`add_decayed_weights` and :func:`lr_decay`, so
+    ``set_hyperparams(learning_rate=...)`` changes both copies together.
+    """
+    return DecoupledWeightDecay(
+        stage_of(add_decayed_weights(weight_decay, mask)), stage_of(lr_decay(learning_rate, decay))
+    ).transform()
