@@ -5,15 +5,27 @@ Where things live: ``adamfx/_src/adam.py`` (Adam, AdamW, AMSGrad),
 ``adamfx/_src/stages.py`` (lr_decay, weight decay), ``adamfx/_src/hyperparams.py``
 (hyperparameters in the state), ``adamfx/_src/wrappers.py`` (accumulation,
 non-finite steps, parameter groups), ``adamfx/_src/ema.py`` (moving average of
-the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``.
+the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``;
+Adam's relatives in ``sgd.py``, ``adagrad.py``, ``rmsprop.py`` (RMSprop,
+Adadelta), ``nadam.py``, ``adamax.py``, ``radam.py``, their extra stages in
+``momentum.py``, ``moment_forms.py`` and ``corrections.py``.
 """
 
+from adamfx._src.adagrad import adagrad
 from adamfx._src.adam import CONVENTIONS, adam, adamw, amsgrad
+from adamfx._src.adamax import adamax
 from adamfx._src.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
 from adamfx._src.checkpoint import check_compatible, restore_state
+from adamfx._src.corrections import nesterov_momentum, rectify
 from adamfx._src.ema import EmaState, ema_params, with_ema
 from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
+from adamfx._src.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
+from adamfx._src.momentum import decoupled_weight_decay, trace
+from adamfx._src.nadam import nadam, nadamw
+from adamfx._src.radam import radam
+from adamfx._src.rmsprop import adadelta, rmsprop
+from adamfx._src.sgd import sgd
 from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.stages import add_decayed_weights, lr_decay
 from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
@@ -28,29 +40,45 @@ __all__ = [
     "GradientTransformationExtraArgs",
     "Moments",
     "Stage",
+    "accumulate_squares",
+    "adadelta",
+    "adagrad",
     "adam",
+    "adamax",
     "adamw",
     "add_decayed_weights",
     "amsgrad",
     "apply_if_finite",
     "bias_correction",
     "bytes_per_device",
+    "center",
     "chain",
     "check_compatible",
+    "decoupled_weight_decay",
     "ema_params",
     "exclude_bias_and_norm",
     "groups",
     "hyperparams",
+    "infinity_norm",
     "init_sharded",
     "lr_decay",
     "masked",
     "max_nu",
     "multi_steps",
+    "nadam",
+    "nadamw",
+    "nesterov_momentum",
     "normalize",
     "partition",
+    "radam",
+    "rectify",
     "restore_state",
+    "rmsprop",
     "scale_by_moments",
     "set_hyperparams",
+    "sgd",
     "state_shardings",
+    "trace",
+    "update_rms",
     "with_ema",
 ]

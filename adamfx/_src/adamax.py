@@ -1,0 +1,86 @@
+"""Adamax: Adam with the infinity norm in place of the second moment, in three conventions."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from adamfx._src import compose
+from adamfx._src.moment_forms import infinity_norm
+from adamfx._src.moments import bias_correction, scale_by_moments
+
+
+class AdamaxConvention(NamedTuple):
+    """How one peer writes Adamax; each field picks a default or a composition."""
+
+    learning_rate: float
+    eps: float
+    eps_in: str  # "max": u = max(b2 u, |g| + eps) (PyTorch, optax); "denominator": m / (u + eps) (Keras)
+    weight_decay: str  # "coupled" L2 or "decoupled"
+
+
+ADAMAX_CONVENTIONS = {
+    "optax": AdamaxConvention(2e-3, 1e-8, "max", "coupled"),  # no default lr in optax: PyTorch's
+    "torch": AdamaxConvention(2e-3, 1e-8, "max", "coupled"),
+    "keras": AdamaxConvention(1e-3, 1e-7, "denominator", "decoupled"),
+}
+
+
+def adamax(
+    learning_rate: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    *,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    decay: float = 0.0,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
+    r"""Adamax (Kingma & Ba, 2015, Sec. 7.1, Alg. 2).
+
+    For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
+
+        m_t = b1 m_{t-1} + (1 - b1) g_t
+        u_t = max(b2 u_{t-1}, |g_t| + eps),   p_t = p_{t-1} - lr_t m_t / ((1 - b1^t) u_t)          PyTorch, optax
+        u_t = max(b2 u_{t-1}, |g_t|),         p_t = p_{t-1} - lr_t m_t / ((1 - b1^t) (u_t + eps))  Keras
+
+    The chain is ``scale_by_moments(b1, None) -> bias_correction -> infinity_norm -> lr_decay``.
+
+    ==========  ========  =====  ======================  ============
+    convention  lr        eps    eps added to            weight_decay
+    ==========  ========  =====  ======================  ============
+    "optax"     2e-3 (*)  1e-8   |g| inside the max      coupled L2
+    "torch"     2e-3      1e-8   |g| inside the max      coupled L2
+    "keras"     1e-3      1e-7   u, after the max        decoupled
+    ==========  ========  =====  ======================  ============
+
+    (*) ``optax.adamax`` has no default learning rate; adamfx uses PyTorch's.
+
+    Args:
+      learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
+      b1: decay rate of the first moment, in [0, 1).
+      b2: decay of the running maximum, in [0, 1).
+      eps: ``None`` takes the convention's default.
+      weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      mu_dtype, nu_dtype: storage of the first moment and of u.
+
+    >>> import adamfx
+    >>> tx = adamfx.adamax(2e-3, convention="keras")
+    """
+    conv = compose.lookup(ADAMAX_CONVENTIONS, convention)
+    return compose.finish(
+        [
+            scale_by_moments(b1, None, mu_dtype=mu_dtype),
+            bias_correction(),
+            infinity_norm(b2, compose.pick(eps, conv.eps), eps_in=conv.eps_in, nu_dtype=nu_dtype),
+        ],
+        conv,
+        learning_rate=learning_rate,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=decoupled,
+    )

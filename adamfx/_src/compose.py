@@ -1,0 +1,72 @@
+"""How Adam's relatives finish their chains: weight decay, momentum and the learning rate.
+
+Every optimizer module keeps a table ``convention -> NamedTuple`` of defaults
+and composition choices; :func:`lookup` picks the row, :func:`pick` lets an
+explicit argument win over the row's default, and :func:`finish` places the
+stages every optimizer shares around its own core stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from adamfx._src import checks
+from adamfx._src.base import GradientTransformation, chain
+from adamfx._src.moments import normalize
+from adamfx._src.momentum import decoupled_weight_decay
+from adamfx._src.stages import add_decayed_weights, lr_decay
+
+
+def lookup(table: Mapping[str, Any], convention: str) -> Any:
+    """The row of ``table`` for ``convention``, or a ``ValueError`` naming the choices."""
+    checks.check_choice("convention", convention, tuple(table))
+    return table[convention]
+
+
+def pick(value: Any, default: Any) -> Any:
+    """``value`` unless it is ``None`` (the argument was not given), else the convention's ``default``."""
+    return default if value is None else value
+
+
+def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
+    """:func:`normalize` with ``eps`` inside the root (``sqrt(v + eps)``) or outside it (``sqrt(v) + eps``)."""
+    checks.check_range("eps", eps, 0.0)
+    return normalize(0.0, eps_root=eps) if in_root else normalize(eps)
+
+
+def finish(
+    core: Sequence[GradientTransformation],
+    convention: Any,
+    *,
+    learning_rate: Any,
+    decay: float,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    momentum: Sequence[GradientTransformation] = (),
+    lr_inside: bool = False,
+):
+    """The chain ``[coupled L2] core [momentum] [decoupled decay] lr_decay``.
+
+    ``convention`` is the optimizer's row: its ``learning_rate`` is the default
+    learning rate and its ``weight_decay`` ("coupled" or "decoupled") the
+    meaning of ``weight_decay`` unless ``decoupled`` says otherwise.
+
+    - coupled weight decay (``g += wd p``) comes before ``core``;
+    - ``momentum`` (a :func:`trace`, or nothing) follows ``core``; with
+      ``lr_inside`` it follows ``lr_decay`` instead, so the buffer holds
+      ``-lr_t`` times the updates (Keras ``SGD``/``RMSprop``, optax ``rmsprop``),
+      and a decoupled decay becomes :func:`decoupled_weight_decay`, which
+      bypasses the buffer;
+    - otherwise a decoupled decay (``p -= lr_t wd p``) sits just before ``lr_decay``.
+    """
+    learning_rate = pick(learning_rate, convention.learning_rate)
+    decoupled = convention.weight_decay == "decoupled" if decoupled is None else bool(decoupled)
+    decayed = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
+    if lr_inside and momentum:
+        bypass = [decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)] if decoupled else []
+        tail = [lr_decay(learning_rate, decay), *momentum, *(bypass if decayed else [])]
+    else:
+        tail = [*momentum, *(decayed if decoupled else []), lr_decay(learning_rate, decay)]
+    return chain(*([] if decoupled else decayed), *core, *tail)

@@ -1,0 +1,96 @@
+"""Stochastic gradient descent with momentum, in three conventions."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from adamfx._src import compose
+from adamfx._src.momentum import trace
+
+
+class SgdConvention(NamedTuple):
+    """How one peer writes SGD; each field picks a default or a composition."""
+
+    learning_rate: float  # default learning rate
+    lr_inside: bool  # the momentum buffer holds -lr_t g (Keras) instead of g
+    weight_decay: str  # meaning of weight_decay: "coupled" L2 or "decoupled"
+
+
+SGD_CONVENTIONS = {
+    "optax": SgdConvention(1e-3, False, "coupled"),  # optax.sgd has no default lr: PyTorch's
+    "torch": SgdConvention(1e-3, False, "coupled"),
+    "keras": SgdConvention(1e-2, True, "decoupled"),
+}
+
+
+def sgd(
+    learning_rate: Any = None,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    *,
+    weight_decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    decay: float = 0.0,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+):
+    r"""Stochastic gradient descent (Robbins & Monro, 1951) with heavy-ball or Nesterov momentum.
+
+    For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
+
+        b_1 = g_1,   b_t = momentum b_{t-1} + (1 - dampening) g_t
+        d_t = g_t + momentum b_t  (nesterov)   or   d_t = b_t
+        p_t = p_{t-1} - lr_t d_t
+
+    Without momentum, ``p_t = p_{t-1} - lr_t g_t``. The chain is
+    ``trace -> lr_decay`` (PyTorch, optax) or ``lr_decay -> trace`` (Keras: the
+    buffer holds ``-lr_t g``, so ``b_t = momentum b_{t-1} - lr_t g_t`` and
+    ``p_t = p_{t-1} + b_t``; the same trajectory while the learning rate is
+    constant, a different one under a schedule or ``decay``).
+
+    ==========  ========  ================  ======================================
+    convention  lr        lr in the buffer  weight_decay
+    ==========  ========  ================  ======================================
+    "optax"     1e-3 (*)  no                coupled L2 (``optax.add_decayed_weights`` first)
+    "torch"     1e-3      no                coupled L2 (``torch.optim.SGD``)
+    "keras"     1e-2      yes               decoupled ``p -= lr_t wd p``, outside the buffer
+    ==========  ========  ================  ======================================
+
+    (*) ``optax.sgd`` has no default learning rate; adamfx uses PyTorch's.
+    ``dampening`` is PyTorch's (optax and Keras have none; with the default 0
+    the first-step rule ``b_1 = g_1`` is the same as starting from zero, as they do).
+
+    Args:
+      learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
+      momentum: the buffer's decay rate in [0, 1]; 0 keeps no buffer.
+      dampening: the buffer takes ``(1 - dampening) g_t`` after the first step.
+      nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+      weight_decay: coupled L2 or decoupled decay, as the convention says.
+      weight_decay_mask: pytree of bools (or callable of params) selecting decayed leaves.
+      decoupled: override the convention's meaning of ``weight_decay``.
+      decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
+      convention: ``"optax"``, ``"torch"`` or ``"keras"``.
+      mu_dtype: storage of the momentum buffer (default: the parameter dtype).
+
+    >>> import adamfx, jax.numpy as jnp, optax
+    >>> params = {"w": jnp.ones(2)}
+    >>> tx = adamfx.sgd(0.1, momentum=0.9, convention="torch")
+    >>> updates, state = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["w"]
+    Array([0.9, 0.9], dtype=float32)
+    """
+    conv = compose.lookup(SGD_CONVENTIONS, convention)
+    buffer = [trace(momentum, dampening, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
+    return compose.finish(
+        [],
+        conv,
+        learning_rate=learning_rate,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=decoupled,
+        momentum=buffer,
+        lr_inside=conv.lr_inside,
+    )
