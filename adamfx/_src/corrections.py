@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage
-from adamfx._src.moments import EPS_PLACEMENTS, BiasCorrection, Normalize, NormalizeState
+from adamfx._src.moments import EPS_PLACEMENTS, BiasCorrection, Normalize, NormalizeState, one_minus_power
 from adamfx._src.moments import _require_moments as require_moments
 from adamfx._src.tree_math import compute_dtype, scalar_like
 
@@ -38,27 +38,26 @@ class NesterovMomentum(Stage):
         values = {} if self.momentum_decay is None else {"momentum_decay": self.momentum_decay}
         return NesterovState(jnp.ones([], dtype=float), hp.as_arrays(**values))
 
-    def _mu(self, b1, step, hyperparams):
-        """mu_t = b1 (1 - 0.5 * 0.96^(t psi)) (Dozat's schedule), or b1 when there is no schedule."""
-        if self.momentum_decay is None:
-            return b1
-        return b1 * (1 - 0.5 * 0.96 ** (step * hyperparams["momentum_decay"]))
+    def _weights(self, one_minus_b1, t, mu_product, hyperparams):
+        """The weights of g_t and m_t in m^_t, and P_t (the product of mu_i up to t)."""
+        if self.momentum_decay is None:  # mu_t = b1: P_t = b1^t, 1 - P_t from 1 - b1 as in bias_correction
+            grad_weight = one_minus_b1 / one_minus_power(one_minus_b1, t)
+            return grad_weight, (1 - one_minus_b1) / one_minus_power(one_minus_b1, t + 1), mu_product
+        b1 = 1 - one_minus_b1
+        warmup = lambda step: 0.5 * 0.96 ** (step * hyperparams["momentum_decay"])  # noqa: E731
+        step = t.astype(b1.dtype)
+        mu_now, mu_next = b1 * (1 - warmup(step)), b1 * (1 - warmup(step + 1))
+        product = mu_product * mu_now
+        return (one_minus_b1 + b1 * warmup(step)) / (1 - product), mu_next / (1 - product * mu_next), product
 
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "nesterov_momentum")
         if moments.mu is None:
             raise ValueError("nesterov_momentum needs the first moment: build scale_by_moments with b1.")
-        b1 = jnp.asarray(moments.b1, dtype=state.mu_product.dtype)
-        step = moments.count.astype(b1.dtype)
-        mu_now = self._mu(b1, step, state.hyperparams)
-        mu_next = self._mu(b1, step + 1, state.hyperparams)
-        if self.momentum_decay is None:  # constant mu_t = b1: the products are powers of b1 (as optax computes them)
-            product, product_next = b1**moments.count, b1 ** (moments.count + 1)
-        else:
-            product = state.mu_product * mu_now
-            product_next = product * mu_next
-        grad_weight = (1 - mu_now) / (1 - product)
-        moment_weight = mu_next / (1 - product_next)
+        one_minus_b1 = jnp.asarray(moments.one_minus_b1, dtype=state.mu_product.dtype)
+        grad_weight, moment_weight, product = self._weights(
+            one_minus_b1, moments.count, state.mu_product, state.hyperparams
+        )
 
         def leaf(m, g):
             g = g.astype(compute_dtype(g.dtype))
@@ -82,7 +81,7 @@ def nesterov_momentum(momentum_decay: float | None = 4e-3):
     ``b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``. Takes the place of
     :func:`bias_correction` (it corrects ``v`` the same way). ``b1`` and ``t``
     come from the :class:`Moments`. State: the running product ``mu_product``
-    (like PyTorch and Keras, it keeps the history if ``b1`` changes),
+    (like PyTorch and Keras, it keeps the history if ``b1`` changes; unused with constant ``b1``),
     hyperparameter ``momentum_decay``. Used by :func:`adamfx.nadam`, and by
     :func:`adamfx.radam` with ``nesterov=True``.
     """
@@ -98,17 +97,17 @@ def _series(x, first: int, last: int, coefficient):
     return total * x**first
 
 
-def sma_lengths(b2, count):
-    """RAdam's ``rho_inf = 2 / (1 - b2) - 1`` and ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``.
+def sma_lengths(one_minus_b2, count):
+    """RAdam's ``rho_inf = 2 / (1 - b2) - 1`` and ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``, from ``1 - b2``.
 
     For ``t (1 - b2) < 1`` the two terms of ``rho_t`` nearly cancel (float32
     loses up to four digits at b2 = 0.999 and all of them at 0.9999), so there
     it is computed as ``2 D / (q E) + 2 t - 1`` with ``q = 1 - b2``,
-    ``E = 1 - b2^t = -expm1(t log(1 - q))`` and
+    ``E = 1 - b2^t = -expm1(t log1p(-q))`` and
     ``D = E - t q = -(expm1(z) - z) - t (log1p(-q) + q)``, ``z = t log1p(-q)``,
     whose brackets are summed as their Taylor series.
     """
-    q = 1 - b2
+    q = one_minus_b2
     t = count.astype(q.dtype)
     rho_inf = 2 / q - 1
     log_b2 = jnp.log1p(-q)
@@ -134,7 +133,7 @@ class Rectify(Normalize):
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "rectify")
         normalized, state = super().update(moments, state, params)
-        rho_inf, rho_t = sma_lengths(moments.b2, moments.count)
+        rho_inf, rho_t = sma_lengths(moments.one_minus_b2, moments.count)
         r = jnp.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
         threshold = state.hyperparams["threshold"]
         tractable = rho_t >= threshold if self.inclusive else rho_t > threshold

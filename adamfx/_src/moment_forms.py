@@ -154,7 +154,7 @@ def infinity_norm(b2: float = 0.999, eps: float = 1e-8, *, eps_in: str = "max", 
 
 class UpdateRmsState(NamedTuple):
     delta_sq: Any  # stored moving average of the squared updates
-    hyperparams: dict  # rho, eps_root
+    hyperparams: dict  # 1-rho (reported as rho), eps_root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,19 +165,20 @@ class UpdateRms(Stage):
 
     def init(self, params):
         return UpdateRmsState(
-            _stored_constant(params, self.storage, 0.0), hp.as_arrays(rho=self.rho, eps_root=self.eps_root)
+            _stored_constant(params, self.storage, 0.0),
+            hp.as_arrays(**hp.complements(rho=self.rho), eps_root=self.eps_root),
         )
 
     def update(self, updates, state, params=None, **extra_args):
         checks.check_same_structure(updates, state.delta_sq, "updates", "optimizer state (built by init)")
-        rho, eps_root = state.hyperparams["rho"], state.hyperparams["eps_root"]
+        one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
 
         def leaf(u, stored):
             x = u.astype(compute_dtype(u.dtype))
             old = self.storage.decode(stored, real_dtype(x.dtype))
             delta = jnp.sqrt(old + scalar_like(eps_root, x)) * x
-            rho_ = scalar_like(rho, x)
-            new = rho_ * old + (1 - rho_) * abs_sq(delta)
+            c = scalar_like(one_minus_rho, x)
+            new = (1 - c) * old + c * abs_sq(delta)
             return delta.astype(u.dtype), self.storage.encode(new, real_dtype(u.dtype))
 
         updates, kept = map_pair(leaf, updates, state.delta_sq)
