@@ -225,6 +225,12 @@ def test_set_hyperparams_equals_building_with_the_values(name, convention, built
     np.testing.assert_allclose(actual, reference, rtol=0, atol=1e-14)
 
 
+def test_set_hyperparams_rejects_a_bad_rho():
+    state = adamfx.rmsprop(1e-2).init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="rho"):
+        adamfx.set_hyperparams(state, rho=1.5)
+
+
 def test_changing_hyperparameters_does_not_recompile():
     tx = adamfx.rmsprop(1e-2, momentum=0.9, centered=True, convention="keras")
     params = {"w": jnp.ones(3)}

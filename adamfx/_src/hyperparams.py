@@ -45,6 +45,9 @@ _RANGES = {
     "b1": (0.0, 1.0, False),
     "b2": (0.0, 1.0, False),
     "ema_momentum": (0.0, 1.0, True),
+    "rho": (0.0, 1.0, False),  # RMSprop's and Adadelta's moving-average rate
+    "momentum": (0.0, 1.0, True),  # SGD's and RMSprop's momentum buffer
+    "dampening": (0.0, 1.0, True),
 }
 
 

@@ -63,6 +63,7 @@ class AccumulateSquares(Stage):
         nu, kept = map_pair(leaf, grads, state.nu)
         count = optax.safe_increment(state.count)
         one = jnp.asarray(1.0, dtype=float)
+        # 1 - b = 1 for both rates: nothing for bias_correction to correct, eps placements agree
         return Moments(grads, None, nu, count, one, one, one), SumState(count, kept, state.hyperparams)
 
 
