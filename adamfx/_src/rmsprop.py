@@ -59,13 +59,13 @@ def rmsprop(
     normalize -> [trace] -> lr_decay`` (the trace after ``lr_decay`` for Keras
     and optax, whose buffer holds the learning rate).
 
-    ==========  ========  =====  =====  ================  ===========  ============
-    convention  lr        rho    eps    eps placement     lr in buffer weight_decay
-    ==========  ========  =====  =====  ================  ===========  ============
-    "optax"     1e-2 (*)  0.9    1e-8   inside the root   yes          coupled L2
-    "torch"     1e-2      0.99   1e-8   outside the root  no           coupled L2
-    "keras"     1e-3      0.9    1e-7   inside the root   yes          decoupled
-    ==========  ========  =====  =====  ================  ===========  ============
+    ==========  ========  =====  =====  ================  ============  ============
+    convention  lr        rho    eps    eps placement     lr in buffer  weight_decay
+    ==========  ========  =====  =====  ================  ============  ============
+    "optax"     1e-2 (*)  0.9    1e-8   inside the root   yes           coupled L2
+    "torch"     1e-2      0.99   1e-8   outside the root  no            coupled L2
+    "keras"     1e-3      0.9    1e-7   inside the root   yes           decoupled
+    ==========  ========  =====  =====  ================  ============  ============
 
     (*) ``optax.rmsprop`` has no default learning rate; adamfx uses PyTorch's.
     ``rho`` is PyTorch's ``alpha`` and optax's ``decay``; here ``decay`` keeps
