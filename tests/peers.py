@@ -147,6 +147,22 @@ def run_torch(
     for-loop path on CPU) unless kwargs set `foreach`/`fused`.
     """
     torch = _torch()
+    with _torch_default_dtype(torch, dtype):
+        return _run_torch(torch, name, kwargs, problem, steps, dtype, scheduler)
+
+
+@contextlib.contextmanager
+def _torch_default_dtype(torch, dtype):
+    """torch keeps scalar state (NAdam's mu_product) in its default dtype: a float64 run needs float64 there."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _run_torch(torch, name, kwargs, problem, steps, dtype, scheduler):
     keys = sorted(problem.init_params)
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in problem.params_in(dtype).items()}
     opt = getattr(torch.optim, name)([tensors[k] for k in keys], **kwargs)

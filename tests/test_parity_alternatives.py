@@ -20,7 +20,6 @@ outside ``nadamw``, only optax has a Nesterov RMSprop or RAdam.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -192,26 +191,12 @@ def optax_case(optimizer: Optimizer, variant: Variant):
     return optax.chain(*weight_decay, optimizer.optax(lr, **kwargs))
 
 
-@contextlib.contextmanager
-def torch_default_dtype(dtype):
-    """PyTorch keeps scalar state (NAdam's mu_product) in its default dtype: float64 runs need float64 there."""
-    import torch
-
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def peer_trajectory(name, variant, convention, problem, dtype):
     optimizer = OPTIMIZERS[name]
     peer, fixed = STAND_INS.get((name, convention), (convention, {}))
     if peer == "torch":
         kwargs, scheduler = torch_case(optimizer, variant, fixed)
-        with torch_default_dtype(dtype):
-            return peers.run_torch(optimizer.torch, kwargs, problem, STEPS, dtype, scheduler=scheduler)
+        return peers.run_torch(optimizer.torch, kwargs, problem, STEPS, dtype, scheduler=scheduler)
     if peer == "keras":
         return peers.run_keras(optimizer.keras, keras_case(optimizer, variant), problem, STEPS, dtype)
     return peers.run_transform(optax_case(optimizer, variant), problem, STEPS, dtype)
