@@ -22,7 +22,7 @@ import optax
 from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, identity_state
-from adamfx._src.storage import FloatStorage, resolve_storage
+from adamfx._src.storage import MU_STREAM, NU_MAX_STREAM, NU_STREAM, leaf_keys, resolve_storage, store
 from adamfx._src.tree_math import abs_sq, compute_dtype, map_pair, real_dtype, scalar_like
 
 
@@ -71,6 +71,10 @@ class ScaleByMoments(Stage):
     mu_storage: Any
     nu_storage: Any
 
+    @property
+    def elementwise(self) -> bool:  # as elementwise as its storages (factored is not)
+        return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
+
     def _stored_zeros(self, params, storage, default_dtype):
         if storage is None:
             return None
@@ -95,19 +99,19 @@ class ScaleByMoments(Stage):
         b1 = state.hyperparams.get("b1")
         b2 = state.hyperparams.get("b2")
 
-        def ema(storage, stored, b, power, default_dtype):
-            def leaf(g, s):
+        def ema(storage, stored, b, power, default_dtype, stream):
+            def leaf(g, s, key):
                 g = g.astype(compute_dtype(g.dtype))
                 x = g if power == 1 else abs_sq(g)
                 old = storage.decode(s, x.dtype)
                 b_ = scalar_like(b, x)
                 new = b_ * old + (1 - b_) * x
-                return new, storage.encode(new, default_dtype(g.dtype))
+                return store(storage, new, default_dtype(g.dtype), key)
 
-            return map_pair(leaf, grads, stored)
+            return map_pair(leaf, grads, stored, leaf_keys(storage, count, grads, stream))
 
-        mu, new_mu = (None, None) if b1 is None else ema(self.mu_storage, state.mu, b1, 1, lambda d: d)
-        nu, new_nu = (None, None) if b2 is None else ema(self.nu_storage, state.nu, b2, 2, real_dtype)
+        mu, new_mu = (None, None) if b1 is None else ema(self.mu_storage, state.mu, b1, 1, lambda d: d, MU_STREAM)
+        nu, new_nu = (None, None) if b2 is None else ema(self.nu_storage, state.nu, b2, 2, real_dtype, NU_STREAM)
         one = jnp.asarray(1.0, dtype=float)
         moments = Moments(grads, mu, nu, count, b1 if b1 is not None else one, b2 if b2 is not None else one, one)
         return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)
@@ -118,7 +122,9 @@ def scale_by_moments(b1: float | None = 0.9, b2: float | None = 0.999, *, mu_dty
 
     ``m_t = b1 m_{t-1} + (1-b1) g_t`` and ``v_t = b2 v_{t-1} + (1-b2) |g_t|^2``,
     computed in at least float32 and stored as ``mu_dtype``/``nu_dtype`` (default:
-    the parameter's dtype). ``b1=None`` or ``b2=None`` keeps only the other moment.
+    the parameter's dtype; a narrower float dtype rounds stochastically, ``"int8"``
+    quantises block-wise, ``"factored"`` keeps row and column means of ``nu``; see
+    :mod:`adamfx._src.storage`). ``b1=None`` or ``b2=None`` keeps only the other moment.
     Emits a :class:`Moments` value for :func:`bias_correction` and :func:`normalize`.
     State: ``count`` (saturating), ``mu``, ``nu``, hyperparameters ``b1``, ``b2``.
     Used by :func:`adamfx.adam` and its relatives.
@@ -128,7 +134,7 @@ def scale_by_moments(b1: float | None = 0.9, b2: float | None = 0.999, *, mu_dty
     checks.check_range("b1", b1, 0.0, 1.0)
     checks.check_range("b2", b2, 0.0, 1.0)
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
-    nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype")
+    nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     return ScaleByMoments(b1, b2, mu_storage, nu_storage).transform()
 
 
@@ -215,6 +221,10 @@ class MaxNuState(NamedTuple):
 class MaxNu(Stage):
     storage: Any
 
+    @property
+    def elementwise(self) -> bool:
+        return getattr(self.storage, "elementwise", True)
+
     def init(self, params):
         zero = lambda p: self.storage.encode(
             jnp.zeros(p.shape, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype)
@@ -223,12 +233,13 @@ class MaxNu(Stage):
 
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "max_nu")
+        keys = leaf_keys(self.storage, moments.count, moments.grad, NU_MAX_STREAM)
 
-        def leaf(v, stored, g):
+        def leaf(v, stored, g, key):
             new = jnp.maximum(self.storage.decode(stored, v.dtype), v)
-            return new, self.storage.encode(new, real_dtype(g.dtype))
+            return store(self.storage, new, real_dtype(g.dtype), key)
 
-        nu, kept = map_pair(leaf, moments.nu, state.nu_max, moments.grad)
+        nu, kept = map_pair(leaf, moments.nu, state.nu_max, moments.grad, keys)
         return moments._replace(nu=nu), MaxNuState(kept)
 
 
@@ -238,4 +249,10 @@ def max_nu(*, nu_dtype=None):
     Placed before :func:`bias_correction` it maxes the raw ``v`` (PyTorch, Keras);
     after it, the corrected ``v^`` (optax). State: ``nu_max``.
     """
-    return MaxNu(resolve_storage(nu_dtype, "nu_dtype") or FloatStorage()).transform()
+    storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
+    if not getattr(storage, "exact_moment", True):
+        raise ValueError(
+            f"max_nu(nu_dtype={nu_dtype!r}) is invalid: a running maximum needs a storage that keeps "
+            'each element (a float dtype or "int8"), not a model of the moment such as "factored".'
+        )
+    return MaxNu(storage).transform()

@@ -1,0 +1,218 @@
+"""8-bit block-wise moment storage (``mu_dtype="int8"``, ``nu_dtype="int8"``).
+
+After Dettmers et al., 2022, "8-bit Optimizers via Block-wise Quantization"
+(ICLR; arXiv:2110.02861, 2021): the leaf is cut into blocks of ``block_size``
+consecutive elements (row-major); each block keeps one ``float32`` scale, its
+absolute maximum, and every element one byte that indexes a *non-linear* code of
+values in ``[-1, 1]``, so that elements far below their block's maximum keep
+their relative precision. The paper's code is a "dynamic tree"; this module
+uses the float-like member of the same family, an 8-bit float normalised to the
+block maximum (value = scale * code value / code maximum):
+
+- first moment (signed): sign bit, 4 exponent bits, 3 mantissa bits (E4M3),
+  so ``|x| / absmax`` spans 1 down to 2^-17 with <= 6.25% rounding error;
+- second moment (unsigned): no sign bit; the spare bit widens the exponent
+  (E5M3), because ``v ~ g^2`` spans the square of the first moment's range:
+  ``v / absmax`` spans 1 down to 2^-33 (``sqrt(v)`` the same 2^-16.5 as ``mu``).
+
+Both codes have subnormals (a linear segment down to zero). A real value ``y``
+has a *code position* ``p(y)``: an integer at every code value and linear in
+between, so rounding to nearest is ``floor(p + 1/2)`` and unbiased stochastic
+rounding is ``floor(p + u)``, ``u ~ U[0, 1)`` -- and both are elementwise
+arithmetic, no table search.
+
+State per leaf: :class:`Quantized` ``(codes: uint8 in the leaf's shape, scale:
+one per block)``, i.e. ``1 + 4 / block_size`` bytes per element. Leaves with
+fewer than ``min_size`` elements (and complex leaves) stay in the compute dtype
+(float32), where the scale would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from adamfx._src import checks
+from adamfx._src.rounding import uniform
+
+
+class CodeFormat(NamedTuple):
+    """A float-like code for magnitudes in ``[0, max_value]``: exponent and mantissa bits."""
+
+    exponent_bits: int
+    mantissa_bits: int
+
+    @property
+    def bias(self) -> int:  # the top exponent field holds the binade [1, 2)
+        return 2**self.exponent_bits - 1
+
+    @property
+    def max_code(self) -> int:
+        return 2 ** (self.exponent_bits + self.mantissa_bits) - 1
+
+    @property
+    def max_value(self) -> float:
+        return 2.0 - 2.0**-self.mantissa_bits
+
+
+SIGNED = CodeFormat(4, 3)  # plus a sign bit
+UNSIGNED = CodeFormat(5, 3)
+SIGN_BIT = 0x80
+
+
+def _power_of_two(exponent: jax.Array) -> jax.Array:
+    """``2.0 ** exponent`` as float32, exactly, for integer exponents in the normal range."""
+    return lax.bitcast_convert_type(((exponent + 127) << 23).astype(jnp.uint32), jnp.float32)
+
+
+def code_position(y: jax.Array, fmt: CodeFormat) -> jax.Array:
+    """The code position ``p(y)`` of float32 magnitudes ``0 <= y <= fmt.max_value``.
+
+    With ``e = max(floor(log2 y), 1 - bias)`` and ``M`` mantissa bits,
+    ``p(y) = 2^M (e + bias - 1) + y 2^(M - e)``; it equals ``k`` at
+    ``y = code_value(k)``.
+    """
+    m = fmt.mantissa_bits
+    exponent = (lax.bitcast_convert_type(y, jnp.uint32) >> 23).astype(jnp.int32) - 127
+    exponent = jnp.maximum(exponent, 1 - fmt.bias)
+    return (2**m * (exponent + fmt.bias - 1)).astype(jnp.float32) + y * _power_of_two(m - exponent)
+
+
+def code_value(code: jax.Array, fmt: CodeFormat) -> jax.Array:
+    """The float32 value of integer codes ``0 <= k <= fmt.max_code`` (inverse of :func:`code_position`).
+
+    ``k = 2^M e + f``: ``(2^M + f) 2^(e - bias - M)`` for ``e >= 1``, ``f 2^(1 - bias - M)`` for ``e = 0``.
+    """
+    m = fmt.mantissa_bits
+    code = code.astype(jnp.int32)
+    exponent, fraction = code >> m, code & (2**m - 1)
+    significand = jnp.where(exponent > 0, fraction + 2**m, fraction).astype(jnp.float32)
+    return significand * _power_of_two(jnp.maximum(exponent, 1) - fmt.bias - m)
+
+
+class Quantized(NamedTuple):
+    """A block-wise 8-bit leaf: ``value ~ scale[block] * code_value(codes) / max_value``."""
+
+    codes: jax.Array  # uint8, the leaf's shape; the sign is the top bit when signed
+    scale: jax.Array  # the absolute maximum of each block of the flattened leaf
+
+
+def _blocks(x: jax.Array, block_size: int) -> jax.Array:
+    """The flattened ``x``, zero-padded to whole blocks, as ``(n_blocks, block_size)``."""
+    flat = x.reshape(-1)
+    padding = -flat.size % block_size
+    if padding:
+        flat = jnp.pad(flat, (0, padding))
+    return flat.reshape(-1, block_size)
+
+
+def _unblock(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return blocks.reshape(-1)[: math.prod(shape)].reshape(shape)
+
+
+def quantize(x: jax.Array, block_size: int, signed: bool, u: jax.Array | None = None) -> Quantized:
+    """Block-wise 8-bit codes of the real array ``x``; ``u`` (``U[0,1)``, block-shaped) rounds stochastically.
+
+    Without ``u`` each element goes to the nearest code value. Unsigned codes
+    store ``max(x, 0)``.
+
+    >>> import jax.numpy as jnp
+    >>> q = quantize(jnp.array([1.0, -0.5, 0.01, 0.0]), block_size=4, signed=True)
+    >>> q.codes.dtype, dequantize(q, 4, signed=True)  # 0.01 is 4% off: 0.01 * 1.875 lies between codes
+    (dtype('uint8'), Array([ 1.        , -0.5       ,  0.01041667,  0.        ], dtype=float32))
+    """
+    fmt = SIGNED if signed else UNSIGNED
+    blocks = _blocks(x, block_size)
+    magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
+    scale = jnp.max(magnitude, axis=1)
+    divisor = jnp.where(scale > 0, scale, 1)[:, None] / fmt.max_value
+    y = (magnitude / divisor).astype(jnp.float32)
+    position = code_position(y, fmt) + (0.5 if u is None else u)
+    code = jnp.clip(jnp.floor(position), 0, fmt.max_code).astype(jnp.uint8)
+    if signed:
+        code = code | jnp.where(blocks < 0, SIGN_BIT, 0).astype(jnp.uint8)
+    return Quantized(_unblock(code, x.shape), scale)
+
+
+def dequantize(q: Quantized, block_size: int, signed: bool) -> jax.Array:
+    """The values that :func:`quantize` encoded, in the scale's dtype."""
+    fmt = SIGNED if signed else UNSIGNED
+    codes = _blocks(q.codes, block_size)
+    magnitude = codes & (SIGN_BIT - 1) if signed else codes
+    value = code_value(magnitude, fmt) * (q.scale[:, None] / fmt.max_value)
+    if signed:
+        value = jnp.where(codes >= SIGN_BIT, -value, value)
+    return _unblock(value, q.codes.shape)
+
+
+ROUNDINGS = ("stochastic", "nearest")
+
+
+def check_rounding_and_seed(rounding: str, seed: int) -> None:
+    checks.check_choice("rounding", rounding, ROUNDINGS)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed!r} is invalid: it must be an int in [0, 2**32).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Storage:
+    """Keeps a moment in 8 bits per element, block-wise (``mu_dtype="int8"`` / ``nu_dtype="int8"``).
+
+    Args:
+      block_size: elements per block (one float32 scale each); 256 costs 1.6% extra.
+      min_size: leaves with fewer elements stay in float32.
+      rounding: ``"stochastic"`` (unbiased; keeps small EMA increments) or
+        ``"nearest"`` (as bitsandbytes does).
+      seed: seed of the stochastic rounding (mixed with the step count and leaf).
+      signed: the code; ``None`` lets the moments stage choose (signed for the
+        first moment, unsigned for the second).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.adam(1e-3, mu_dtype="int8", nu_dtype=adamfx.Int8Storage(block_size=128))
+    >>> state = tx.init({"w": jnp.zeros((64, 128)), "b": jnp.zeros(64)})
+    >>> state[0].mu["w"].codes.dtype, state[0].nu["w"].scale.shape, state[0].mu["b"].dtype
+    (dtype('uint8'), (64,), dtype('float32'))
+    """
+
+    block_size: int = 256
+    min_size: int = 4096
+    rounding: str = "stochastic"
+    seed: int = 0
+    signed: bool | None = None
+
+    elementwise: ClassVar[bool] = True  # on a flat buffer the blocks simply fall differently
+    exact_moment: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size={self.block_size!r} is invalid: it must be an int >= 1.")
+        if not isinstance(self.min_size, int) or self.min_size < 0:
+            raise ValueError(f"min_size={self.min_size!r} is invalid: it must be an int >= 0.")
+        check_rounding_and_seed(self.rounding, self.seed)
+        if self.signed not in (None, True, False):
+            raise ValueError(f"signed={self.signed!r} is invalid: it must be None, True or False.")
+
+    @property
+    def needs_key(self) -> bool:
+        return self.rounding == "stochastic"
+
+    def _quantizes(self, value: jax.Array) -> bool:
+        return value.size >= self.min_size and not jnp.iscomplexobj(value)
+
+    def encode(self, value: jax.Array, default_dtype, key=None):
+        if not self._quantizes(value):
+            return value
+        u = None
+        if key is not None and self.needs_key:
+            u = uniform(key, (-(-value.size // self.block_size), self.block_size))
+        return quantize(value, self.block_size, self.signed is not False, u)
+
+    def decode(self, stored, dtype) -> jax.Array:
+        if isinstance(stored, Quantized):
+            stored = dequantize(stored, self.block_size, self.signed is not False)
+        return stored.astype(dtype)
