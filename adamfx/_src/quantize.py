@@ -22,7 +22,10 @@ rounding is ``floor(p + u)``, ``u ~ U[0, 1)`` -- and both are elementwise
 arithmetic, no table search.
 
 State per leaf: :class:`Quantized` ``(codes: uint8 in the leaf's shape, scale:
-one per block)``, i.e. ``1 + 4 / block_size`` bytes per element. Leaves with
+one per block)``, i.e. ``1 + 4 / block_size`` bytes per element. When the last
+axis is a multiple of ``block_size`` the blocks tile it and the scales keep the
+leading axes (``(..., n / block_size)``), so the state can be sharded like the
+parameter; otherwise the blocks run over the flattened, zero-padded leaf. Leaves with
 fewer than ``min_size`` elements (and complex leaves) stay in the compute dtype
 (float32), where the scale would cost more than it saves.
 """
@@ -99,11 +102,22 @@ class Quantized(NamedTuple):
     """A block-wise 8-bit leaf: ``value ~ scale[block] * code_value(codes) / max_value``."""
 
     codes: jax.Array  # uint8, the leaf's shape; the sign is the top bit when signed
-    scale: jax.Array  # the absolute maximum of each block of the flattened leaf
+    scale: jax.Array  # the absolute maximum of each block, shape ``n_blocks(codes.shape, block_size)``
+
+
+def _row_blocks(shape: tuple[int, ...], block_size: int) -> bool:
+    """Whether the blocks tile the last axis (then every other axis, and its sharding, is kept)."""
+    return len(shape) >= 1 and shape[-1] % block_size == 0
 
 
 def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    """The flattened ``x``, zero-padded to whole blocks, as ``(n_blocks, block_size)``."""
+    """``x`` as blocks ``(..., n_blocks, block_size)`` of consecutive row-major elements.
+
+    When the last axis is a whole number of blocks the leading axes stay (so
+    does a sharding of ``x``); otherwise the leaf is flattened and zero-padded.
+    """
+    if _row_blocks(x.shape, block_size):
+        return x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
     flat = x.reshape(-1)
     padding = -flat.size % block_size
     if padding:
@@ -112,7 +126,16 @@ def _blocks(x: jax.Array, block_size: int) -> jax.Array:
 
 
 def _unblock(blocks: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if _row_blocks(shape, blocks.shape[-1]):
+        return blocks.reshape(shape)
     return blocks.reshape(-1)[: math.prod(shape)].reshape(shape)
+
+
+def n_blocks(shape: tuple[int, ...], block_size: int) -> tuple[int, ...]:
+    """The shape of the scales of a leaf of ``shape``."""
+    if _row_blocks(shape, block_size):
+        return (*shape[:-1], shape[-1] // block_size)
+    return (-(-math.prod(shape) // block_size),)
 
 
 def quantize(x: jax.Array, block_size: int, signed: bool, u: jax.Array | None = None) -> Quantized:
@@ -129,8 +152,8 @@ def quantize(x: jax.Array, block_size: int, signed: bool, u: jax.Array | None = 
     fmt = SIGNED if signed else UNSIGNED
     blocks = _blocks(x, block_size)
     magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
-    scale = jnp.max(magnitude, axis=1)
-    divisor = jnp.where(scale > 0, scale, 1)[:, None] / fmt.max_value
+    scale = jnp.max(magnitude, axis=-1)
+    divisor = jnp.where(scale > 0, scale, 1)[..., None] / fmt.max_value
     y = (magnitude / divisor).astype(jnp.float32)
     position = code_position(y, fmt) + (0.5 if u is None else u)
     code = jnp.clip(jnp.floor(position), 0, fmt.max_code).astype(jnp.uint8)
@@ -144,7 +167,7 @@ def dequantize(q: Quantized, block_size: int, signed: bool) -> jax.Array:
     fmt = SIGNED if signed else UNSIGNED
     codes = _blocks(q.codes, block_size)
     magnitude = codes & (SIGN_BIT - 1) if signed else codes
-    value = code_value(magnitude, fmt) * (q.scale[:, None] / fmt.max_value)
+    value = code_value(magnitude, fmt) * (q.scale[..., None] / fmt.max_value)
     if signed:
         value = jnp.where(codes >= SIGN_BIT, -value, value)
     return _unblock(value, q.codes.shape)
@@ -176,7 +199,7 @@ class Int8Storage:
     >>> tx = adamfx.adam(1e-3, mu_dtype="int8", nu_dtype=adamfx.Int8Storage(block_size=128))
     >>> state = tx.init({"w": jnp.zeros((64, 128)), "b": jnp.zeros(64)})
     >>> state[0].mu["w"].codes.dtype, state[0].nu["w"].scale.shape, state[0].mu["b"].dtype
-    (dtype('uint8'), (64,), dtype('float32'))
+    (dtype('uint8'), (64, 1), dtype('float32'))
     """
 
     block_size: int = 256
@@ -209,7 +232,7 @@ class Int8Storage:
             return value
         u = None
         if key is not None and self.needs_key:
-            u = uniform(key, (-(-value.size // self.block_size), self.block_size))
+            u = uniform(key, (*n_blocks(value.shape, self.block_size), self.block_size))
         return quantize(value, self.block_size, self.signed is not False, u)
 
     def decode(self, stored, dtype) -> jax.Array:
