@@ -10,7 +10,8 @@ only the row and column means of the second moment,
 
 ``n + m`` numbers instead of ``n m``. Leaves with more dimensions are treated as
 stacks of matrices over their last two axes; vectors and scalars (and matrices
-with a side shorter than ``min_dim_size``) keep the full moment.
+with a side shorter than ``min_dim_size``) keep the full moment. The state is
+:class:`Factored` ``(row, col, full)``, three trees shaped like the parameters.
 
 As a storage this is ``encode = (row means, column means)`` and ``decode = the
 rank-1 estimate``. Because the means are linear and ``decode`` preserves them
@@ -30,22 +31,33 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adamfx._src.tree_math import placeholder
+
 
 class Factored(NamedTuple):
-    """Row and column means of a (stack of) matrix-shaped second moment(s)."""
+    """Row and column means of a (stack of) matrix-shaped second moment(s), or the full moment.
+
+    Fields a leaf does not use hold a placeholder of shape ``(1,)``; a factored
+    leaf's ``col`` never has that shape (its last side is ``>= min_dim_size >= 2``).
+    """
 
     row: jax.Array  # mean over the last axis: shape[:-1]
     col: jax.Array  # mean over the second-to-last axis: shape[:-2] + shape[-1:]
+    full: jax.Array  # the whole moment, for leaves that are not factored
 
 
 def factor(value: jax.Array) -> Factored:
     """Row and column means of ``value`` over its last two axes."""
-    return Factored(value.mean(axis=-1), value.mean(axis=-2))
+    return Factored(value.mean(axis=-1), value.mean(axis=-2), placeholder())
+
+
+def is_factored(stored: Factored) -> bool:
+    return stored.col.shape != (1,)
 
 
 def unfactor(stored: Factored) -> jax.Array:
     """The rank-1 estimate ``r c^T / mean(r)`` (0 where the moment is all zero)."""
-    row, col = stored
+    row, col, _ = stored
     mean = row.mean(axis=-1, keepdims=True)
     col = col / jnp.maximum(mean, jnp.finfo(mean.dtype).tiny)
     return row[..., :, None] * col[..., None, :]
@@ -61,7 +73,8 @@ class FactoredStorage:
 
     >>> import adamfx, jax.numpy as jnp
     >>> state = adamfx.adam(1e-3, nu_dtype="factored").init({"w": jnp.zeros((300, 200)), "b": jnp.zeros(200)})
-    >>> state[0].nu["w"].row.shape, state[0].nu["w"].col.shape, state[0].nu["b"].shape
+    >>> nu = state[0].nu
+    >>> nu.row["w"].shape, nu.col["w"].shape, nu.full["b"].shape
     ((300,), (200,), (200,))
     """
 
@@ -70,16 +83,17 @@ class FactoredStorage:
     elementwise: ClassVar[bool] = False  # row and column means need the leaf's shape
     exact_moment: ClassVar[bool] = False  # the next stage sees the rank-1 estimate
     needs_key: ClassVar[bool] = False
+    record: ClassVar[type] = Factored  # the state holds Factored(row tree, col tree, full tree)
 
     def __post_init__(self):
-        if not isinstance(self.min_dim_size, int) or self.min_dim_size < 1:
-            raise ValueError(f"min_dim_size={self.min_dim_size!r} is invalid: it must be an int >= 1.")
+        if not isinstance(self.min_dim_size, int) or self.min_dim_size < 2:
+            raise ValueError(f"min_dim_size={self.min_dim_size!r} is invalid: it must be an int >= 2.")
 
     def _factors(self, value: jax.Array) -> bool:
         return value.ndim >= 2 and min(value.shape[-2:]) >= self.min_dim_size
 
-    def encode(self, value: jax.Array, default_dtype, key=None):
-        return factor(value) if self._factors(value) else value
+    def encode(self, value: jax.Array, default_dtype, key=None) -> Factored:
+        return factor(value) if self._factors(value) else Factored(placeholder(), placeholder(), value)
 
-    def decode(self, stored, dtype) -> jax.Array:
-        return (unfactor(stored) if isinstance(stored, Factored) else stored).astype(dtype)
+    def decode(self, stored: Factored, dtype) -> jax.Array:
+        return (unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)

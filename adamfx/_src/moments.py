@@ -22,8 +22,17 @@ import optax
 from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, identity_state
-from adamfx._src.storage import MU_STREAM, NU_MAX_STREAM, NU_STREAM, leaf_keys, resolve_storage, store
-from adamfx._src.tree_math import abs_sq, compute_dtype, map_pair, real_dtype, scalar_like
+from adamfx._src.storage import (
+    MU_STREAM,
+    NU_MAX_STREAM,
+    NU_STREAM,
+    init_stored,
+    map_stored,
+    parameter_shaped,
+    resolve_storage,
+    store,
+)
+from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, scalar_like
 
 
 class Moments(NamedTuple):
@@ -76,12 +85,7 @@ class ScaleByMoments(Stage):
         return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
 
     def _stored_zeros(self, params, storage, default_dtype):
-        if storage is None:
-            return None
-        return jax.tree.map(
-            lambda p: storage.encode(jnp.zeros(p.shape, compute_dtype(p.dtype)), default_dtype(p.dtype)),
-            params,
-        )
+        return None if storage is None else init_stored(storage, params, default_dtype)
 
     def init(self, params):
         values = {name: value for name, value in (("b1", self.b1), ("b2", self.b2)) if value is not None}
@@ -93,7 +97,11 @@ class ScaleByMoments(Stage):
         )
 
     def update(self, grads, state, params=None, **extra_args):
-        reference = state.mu if state.mu is not None else state.nu
+        reference = (
+            parameter_shaped(self.mu_storage, state.mu)
+            if state.mu is not None
+            else parameter_shaped(self.nu_storage, state.nu)
+        )
         checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
         count = optax.safe_increment(state.count)
         b1 = state.hyperparams.get("b1")
@@ -108,7 +116,7 @@ class ScaleByMoments(Stage):
                 new = b_ * old + (1 - b_) * x
                 return store(storage, new, default_dtype(g.dtype), key)
 
-            return map_pair(leaf, grads, stored, leaf_keys(storage, count, grads, stream))
+            return map_stored(storage, leaf, grads, stored, count, stream)
 
         mu, new_mu = (None, None) if b1 is None else ema(self.mu_storage, state.mu, b1, 1, lambda d: d, MU_STREAM)
         nu, new_nu = (None, None) if b2 is None else ema(self.nu_storage, state.nu, b2, 2, real_dtype, NU_STREAM)
@@ -226,20 +234,16 @@ class MaxNu(Stage):
         return getattr(self.storage, "elementwise", True)
 
     def init(self, params):
-        zero = lambda p: self.storage.encode(
-            jnp.zeros(p.shape, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype)
-        )  # noqa: E731
-        return MaxNuState(jax.tree.map(zero, params))
+        return MaxNuState(init_stored(self.storage, params, real_dtype))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "max_nu")
-        keys = leaf_keys(self.storage, moments.count, moments.grad, NU_MAX_STREAM)
 
-        def leaf(v, stored, g, key):
+        def leaf(v, stored, key, g):
             new = jnp.maximum(self.storage.decode(stored, v.dtype), v)
             return store(self.storage, new, real_dtype(g.dtype), key)
 
-        nu, kept = map_pair(leaf, moments.nu, state.nu_max, moments.grad, keys)
+        nu, kept = map_stored(self.storage, leaf, moments.nu, state.nu_max, moments.count, NU_MAX_STREAM, moments.grad)
         return moments._replace(nu=nu), MaxNuState(kept)
 
 

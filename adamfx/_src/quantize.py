@@ -21,8 +21,9 @@ between, so rounding to nearest is ``floor(p + 1/2)`` and unbiased stochastic
 rounding is ``floor(p + u)``, ``u ~ U[0, 1)`` -- and both are elementwise
 arithmetic, no table search.
 
-State per leaf: :class:`Quantized` ``(codes: uint8 in the leaf's shape, scale:
-one per block)``, i.e. ``1 + 4 / block_size`` bytes per element. When the last
+State: :class:`Quantized` ``(codes, scale)``, two trees shaped like the
+parameters; per leaf ``codes`` is uint8 in the leaf's shape and ``scale`` has one
+float32 per block, i.e. ``1 + 4 / block_size`` bytes per element. When the last
 axis is a multiple of ``block_size`` the blocks tile it and the scales keep the
 leading axes (``(..., n / block_size)``), so the state can be sharded like the
 parameter; otherwise the blocks run over the flattened, zero-padded leaf. Leaves with
@@ -42,6 +43,7 @@ from jax import lax
 
 from adamfx._src import checks
 from adamfx._src.rounding import uniform
+from adamfx._src.tree_math import placeholder
 
 
 class CodeFormat(NamedTuple):
@@ -99,7 +101,11 @@ def code_value(code: jax.Array, fmt: CodeFormat) -> jax.Array:
 
 
 class Quantized(NamedTuple):
-    """A block-wise 8-bit leaf: ``value ~ scale[block] * code_value(codes) / max_value``."""
+    """A block-wise 8-bit leaf: ``value ~ scale[block] * code_value(codes) / max_value``.
+
+    A leaf that is not quantised keeps its value (float) in ``codes`` and a
+    placeholder ``scale`` of shape ``(1,)``.
+    """
 
     codes: jax.Array  # uint8, the leaf's shape; the sign is the top bit when signed
     scale: jax.Array  # the absolute maximum of each block, shape ``n_blocks(codes.shape, block_size)``
@@ -198,7 +204,7 @@ class Int8Storage:
     >>> import adamfx, jax.numpy as jnp
     >>> tx = adamfx.adam(1e-3, mu_dtype="int8", nu_dtype=adamfx.Int8Storage(block_size=128))
     >>> state = tx.init({"w": jnp.zeros((64, 128)), "b": jnp.zeros(64)})
-    >>> state[0].mu["w"].codes.dtype, state[0].nu["w"].scale.shape, state[0].mu["b"].dtype
+    >>> state[0].mu.codes["w"].dtype, state[0].nu.scale["w"].shape, state[0].mu.codes["b"].dtype
     (dtype('uint8'), (64, 1), dtype('float32'))
     """
 
@@ -210,6 +216,7 @@ class Int8Storage:
 
     elementwise: ClassVar[bool] = True  # on a flat buffer the blocks simply fall differently
     exact_moment: ClassVar[bool] = True
+    record: ClassVar[type] = Quantized  # the state holds Quantized(codes tree, scale tree)
 
     def __post_init__(self):
         if not isinstance(self.block_size, int) or self.block_size < 1:
@@ -227,15 +234,15 @@ class Int8Storage:
     def _quantizes(self, value: jax.Array) -> bool:
         return value.size >= self.min_size and not jnp.iscomplexobj(value)
 
-    def encode(self, value: jax.Array, default_dtype, key=None):
+    def encode(self, value: jax.Array, default_dtype, key=None) -> Quantized:
         if not self._quantizes(value):
-            return value
+            return Quantized(value, placeholder())
         u = None
         if key is not None and self.needs_key:
             u = uniform(key, (*n_blocks(value.shape, self.block_size), self.block_size))
         return quantize(value, self.block_size, self.signed is not False, u)
 
-    def decode(self, stored, dtype) -> jax.Array:
-        if isinstance(stored, Quantized):
-            stored = dequantize(stored, self.block_size, self.signed is not False)
-        return stored.astype(dtype)
+    def decode(self, stored: Quantized, dtype) -> jax.Array:
+        if stored.codes.dtype != jnp.uint8:  # kept as it was
+            return stored.codes.astype(dtype)
+        return dequantize(stored, self.block_size, self.signed is not False).astype(dtype)

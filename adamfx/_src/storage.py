@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from adamfx._src.factored import FactoredStorage
 from adamfx._src.quantize import Int8Storage, check_rounding_and_seed
 from adamfx._src.rounding import stochastic_round
+from adamfx._src.tree_math import compute_dtype
 
 # ``stream`` numbers of the moments the core stages keep (other stages pick their own).
 MU_STREAM, NU_STREAM, NU_MAX_STREAM = 0, 1, 2
@@ -60,6 +61,10 @@ class FloatStorage:
     rounds without bias so that small EMA increments survive on average;
     ``"nearest"`` is the ordinary cast (what optax's ``mu_dtype`` does).
     ``seed`` seeds the rounding (mixed with the step count and the leaf).
+
+    Prefer bfloat16 (float32's exponent range) to float16 for the second
+    moment: ``v ~ g^2`` of gradients below ~1e-2 falls under float16's normal
+    range (6e-5), and below 6e-8 it flushes to zero.
 
     >>> import adamfx, jax.numpy as jnp
     >>> tx = adamfx.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=adamfx.FloatStorage(jnp.bfloat16, seed=7))
@@ -141,23 +146,73 @@ def resolve_storage(spec: Any, name: str, *, nonnegative: bool = False):
     return FloatStorage(_float_dtype(spec, name))
 
 
-def leaf_keys(storage: Any, count: jax.Array, tree: Any, stream: int) -> Any:
-    """A tree like ``tree`` holding one PRNG key per leaf, or ``None`` leaves if ``storage`` needs none.
+def leaf_keys(storage: Any, count: jax.Array, n_leaves: int, stream: int) -> list:
+    """One PRNG key per leaf for a storage that rounds stochastically (else ``None`` per leaf).
 
     Leaf ``i``'s key is ``fold_in(fold_in(fold_in(key(seed), stream), count), i)``:
     a pure function of the storage's seed, the moment (``stream``), the step
     ``count`` and the leaf, so a run is reproducible and resumes identically.
     """
-    leaves, treedef = jax.tree.flatten(tree)
     if not getattr(storage, "needs_key", False):
-        return treedef.unflatten([None] * len(leaves))
+        return [None] * n_leaves
     base = jax.random.fold_in(jax.random.fold_in(jax.random.key(storage.seed), stream), count)
-    return treedef.unflatten([jax.random.fold_in(base, i) for i in range(len(leaves))])
+    return [jax.random.fold_in(base, i) for i in range(n_leaves)]
 
 
 def store(storage: Any, value: jax.Array, default_dtype, key=None) -> tuple[jax.Array, Any]:
-    """``(moment to hand on, what to keep)`` for a freshly computed moment ``value``."""
+    """``(moment to hand on, record to keep)`` for a freshly computed moment ``value``."""
     kept = storage.encode(value, default_dtype, key)
     if getattr(storage, "exact_moment", True):
         return value, kept
     return storage.decode(kept, value.dtype), kept
+
+
+# The state's layout. A storage whose ``encode`` returns one array per leaf keeps a
+# tree shaped like the parameters. A storage that keeps several arrays per leaf
+# declares ``record``, the NamedTuple type ``encode`` always returns; the state then
+# holds that NamedTuple *of parameter-shaped trees* (optax's layout for factored
+# states), so every state leaf is an array -- ``nnx.Optimizer`` wraps each
+# parameter's state in one ``Variable`` and needs exactly that.
+
+
+def stored_form(storage: Any, records: list, treedef) -> Any:
+    """What the state keeps: the per-leaf ``records`` as parameter-shaped tree(s)."""
+    record = getattr(storage, "record", None)
+    if record is None:
+        return treedef.unflatten(records)
+    return record(*(treedef.unflatten([getattr(r, field) for r in records]) for field in record._fields))
+
+
+def stored_records(storage: Any, stored: Any, treedef) -> list:
+    """The per-leaf records of a stored moment (the inverse of :func:`stored_form`)."""
+    record = getattr(storage, "record", None)
+    if record is None:
+        return treedef.flatten_up_to(stored)
+    fields = [treedef.flatten_up_to(tree) for tree in stored]
+    return [record(*values) for values in zip(*fields, strict=True)]
+
+
+def parameter_shaped(storage: Any, stored: Any) -> Any:
+    """A parameter-shaped tree of the stored moment (for structure checks)."""
+    return stored if getattr(storage, "record", None) is None else stored[0]
+
+
+def init_stored(storage: Any, params: Any, dtype_of) -> Any:
+    """The stored form of a zero moment for ``params``; ``dtype_of(param dtype)`` is the default dtype."""
+    leaves, treedef = jax.tree.flatten(params)
+    records = [storage.encode(jnp.zeros_like(p, compute_dtype(dtype_of(p.dtype))), dtype_of(p.dtype)) for p in leaves]
+    return stored_form(storage, records, treedef)
+
+
+def map_stored(storage: Any, fn, tree: Any, stored: Any, count: jax.Array, stream: int, *rest: Any):
+    """Maps ``fn(leaf, record, key, *rest_leaves) -> (moment, record)`` over ``tree``'s leaves.
+
+    ``key`` comes from :func:`leaf_keys`; ``rest`` are trees shaped like ``tree``.
+    Returns the tree of moments and the new stored form.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    records = stored_records(storage, stored, treedef)
+    keys = leaf_keys(storage, count, len(leaves), stream)
+    rest_leaves = [treedef.flatten_up_to(other) for other in rest]
+    pairs = [fn(*args) for args in zip(leaves, records, keys, *rest_leaves, strict=True)]
+    return treedef.unflatten([m for m, _ in pairs]), stored_form(storage, [r for _, r in pairs], treedef)
