@@ -173,3 +173,14 @@ def test_int8_storage_keeps_small_and_complex_leaves_in_float32():
     q = custom.encode(jnp.ones((3, 70)), jnp.float32)
     assert q.scale.shape == (3,) and q.codes.shape == (3, 70)
     np.testing.assert_array_equal(np.asarray(custom.decode(q, jnp.float32)), np.ones((3, 70)))
+
+
+@pytest.mark.parametrize("shape", [(10,), (4096,), (64, 256), (70, 65)])
+def test_zeros_shortcut_equals_encoding_zeros(shape):
+    for storage in (adamfx.Int8Storage(signed=True), adamfx.Int8Storage(signed=False), adamfx.FactoredStorage()):
+        zero = jnp.zeros(shape)
+        expected, got = storage.encode(zero, jnp.float32), storage.zeros(zero, jnp.float32)
+        assert jax.tree.structure(expected) == jax.tree.structure(got)
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

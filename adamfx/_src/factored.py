@@ -95,5 +95,14 @@ class FactoredStorage:
     def encode(self, value: jax.Array, default_dtype, key=None) -> Factored:
         return factor(value) if self._factors(value) else Factored(placeholder(), placeholder(), value)
 
+    def zeros(self, value: jax.Array, default_dtype) -> Factored:
+        """``encode`` of the all-zero ``value``."""
+        if not self._factors(value):
+            return Factored(placeholder(), placeholder(), value)
+        shape = value.shape
+        return Factored(
+            jnp.zeros(shape[:-1], value.dtype), jnp.zeros(shape[:-2] + shape[-1:], value.dtype), placeholder()
+        )
+
     def decode(self, stored: Factored, dtype) -> jax.Array:
         return (unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)

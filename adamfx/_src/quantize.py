@@ -242,6 +242,13 @@ class Int8Storage:
             u = uniform(key, (*n_blocks(value.shape, self.block_size), self.block_size))
         return quantize(value, self.block_size, self.signed is not False, u)
 
+    def zeros(self, value: jax.Array, default_dtype) -> Quantized:
+        """``encode`` of the all-zero ``value``: zero codes and scales."""
+        if not self._quantizes(value):
+            return Quantized(value, placeholder())
+        codes = jnp.zeros_like(value, jnp.uint8)
+        return Quantized(codes, jnp.zeros(n_blocks(value.shape, self.block_size), value.dtype))
+
     def decode(self, stored: Quantized, dtype) -> jax.Array:
         if stored.codes.dtype != jnp.uint8:  # kept as it was
             return stored.codes.astype(dtype)

@@ -15,6 +15,9 @@ frozen dataclass (so optimizers still compare by value) applied leaf by leaf:
 from :func:`leaf_keys` -- distinct per seed, moment, step and leaf -- for
 storages that round stochastically, or ``None`` (``init``): round to nearest.
 
+Optionally ``zeros(value, default_dtype)``: the record of an all-zero ``value``
+without running the encoder (used by ``init``).
+
 Class attributes a stage may read (defaults in brackets, for storages written
 elsewhere): ``needs_key`` [False]; ``elementwise`` [True] -- encoding a
 concatenation of leaves is as valid as encoding each leaf, so ``fused`` may run
@@ -198,9 +201,15 @@ def parameter_shaped(storage: Any, stored: Any) -> Any:
 
 
 def init_stored(storage: Any, params: Any, dtype_of) -> Any:
-    """The stored form of a zero moment for ``params``; ``dtype_of(param dtype)`` is the default dtype."""
+    """The stored form of a zero moment for ``params``; ``dtype_of(param dtype)`` is the default dtype.
+
+    Uses the storage's optional ``zeros(value, default_dtype)`` (the record of an
+    all-zero ``value``, built without encoding it: XLA would otherwise constant-fold
+    the encoder over whole zero leaves at compile time, minutes for large ones).
+    """
     leaves, treedef = jax.tree.flatten(params)
-    records = [storage.encode(jnp.zeros_like(p, compute_dtype(dtype_of(p.dtype))), dtype_of(p.dtype)) for p in leaves]
+    make = getattr(storage, "zeros", storage.encode)
+    records = [make(jnp.zeros_like(p, compute_dtype(dtype_of(p.dtype))), dtype_of(p.dtype)) for p in leaves]
     return stored_form(storage, records, treedef)
 
 
