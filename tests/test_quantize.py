@@ -184,3 +184,45 @@ def test_zeros_shortcut_equals_encoding_zeros(shape):
         for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_accumulate_keeps_a_running_bound_of_the_block_maxima(power):
+    """Inside a step the scale is ``decay * scale + weight * max|g|^power`` (NumPy), never below max |new|."""
+    rng = np.random.default_rng(power)
+    storage = resolve_storage("int8", "nu_dtype" if power == 2 else "mu_dtype", nonnegative=power == 2)
+    decay, weight = 0.9, 0.1
+    shape = (8, 512)
+    stored = storage.zeros(jnp.zeros(shape), jnp.float32)
+    scale = np.zeros((8, 2))
+    for step in range(1, 6):
+        g = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, (8, 1))
+        old = np.asarray(storage.decode(stored, jnp.float32), np.float64)
+        new, stored = storage.accumulate(stored, jnp.asarray(g, jnp.float32), power, decay, weight, jnp.float32)
+        x = g if power == 1 else g**2
+        expected_new = decay * old + weight * x
+        terms = np.abs(decay * old) + np.abs(weight * x)  # float32 rounding of the sum, relative to its terms
+        assert np.all(np.abs(np.asarray(new) - expected_new) <= 1e-6 * terms)
+        blocks = np.abs(g.reshape(8, 2, 256)).max(axis=-1) ** power
+        scale = decay * scale + weight * blocks
+        np.testing.assert_allclose(np.asarray(stored.scale), scale, rtol=1e-5)
+        assert np.all(scale >= np.abs(expected_new).reshape(8, 2, 256).max(axis=-1) * (1 - 1e-6))
+        # decoded within one code step (stochastic rounding: `key` given) of the new moment, relative to the bound
+        key = jax.random.fold_in(jax.random.key(0), step)
+        _, rounded = storage.accumulate(
+            storage.zeros(jnp.zeros(shape), jnp.float32), jnp.asarray(g, jnp.float32), power, 0.0, 1.0, jnp.float32, key
+        )
+        got = np.asarray(storage.decode(rounded, jnp.float32), np.float64)
+        bias = 2 ** (4 if power == 1 else 5) - 1
+        floor = np.repeat(blocks, 256, axis=-1).reshape(shape) / (2 - 2.0**-MANTISSA) * 2.0 ** (1 - bias - MANTISSA)
+        assert np.all(np.abs(got - x) <= np.abs(x) * (2.0**-MANTISSA + 2.0**-20) + floor)
+
+
+def test_generic_accumulate_is_decay_times_old_plus_weight_times_x():
+    from adamfx._src.storage import accumulate
+
+    storage = adamfx.FloatStorage(jnp.float32)
+    old, g = jnp.array([1.0, 2.0]), jnp.array([3.0, -4.0])
+    moment, kept = accumulate(storage, old, g, 2, 0.5, 0.25, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(moment), [0.5 + 2.25, 1.0 + 4.0])
+    np.testing.assert_array_equal(np.asarray(kept), np.asarray(moment))

@@ -26,13 +26,14 @@ from adamfx._src.storage import (
     MU_STREAM,
     NU_MAX_STREAM,
     NU_STREAM,
+    accumulate,
     init_stored,
     map_stored,
     parameter_shaped,
     resolve_storage,
     store,
 )
-from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, scalar_like
+from adamfx._src.tree_math import compute_dtype, real_dtype, scalar_like
 
 
 class Moments(NamedTuple):
@@ -109,12 +110,9 @@ class ScaleByMoments(Stage):
 
         def ema(storage, stored, b, power, default_dtype, stream):
             def leaf(g, s, key):
-                g = g.astype(compute_dtype(g.dtype))
-                x = g if power == 1 else abs_sq(g)
-                old = storage.decode(s, x.dtype)
-                b_ = scalar_like(b, x)
-                new = b_ * old + (1 - b_) * x
-                return store(storage, new, default_dtype(g.dtype), key)
+                wide = g.astype(compute_dtype(g.dtype))
+                b_ = scalar_like(b, wide)
+                return accumulate(storage, s, wide, power, b_, 1 - b_, default_dtype(g.dtype), key)
 
             return map_stored(storage, leaf, grads, stored, count, stream)
 

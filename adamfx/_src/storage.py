@@ -16,7 +16,10 @@ from :func:`leaf_keys` -- distinct per seed, moment, step and leaf -- for
 storages that round stochastically, or ``None`` (``init``): round to nearest.
 
 Optionally ``zeros(value, default_dtype)``: the record of an all-zero ``value``
-without running the encoder (used by ``init``).
+without running the encoder (used by ``init``); and ``accumulate(stored, x,
+power, decay, weight, default_dtype, key)`` -> ``(moment, record)`` for the
+running sums the stages keep, ``decay * old + weight * |g|^power`` (see
+:func:`accumulate`).
 
 Class attributes a stage may read (defaults in brackets, for storages written
 elsewhere): ``needs_key`` [False]; ``elementwise`` [True] -- encoding a
@@ -49,7 +52,7 @@ import jax.numpy as jnp
 from adamfx._src.factored import FactoredStorage
 from adamfx._src.quantize import Int8Storage, check_rounding_and_seed
 from adamfx._src.rounding import stochastic_round
-from adamfx._src.tree_math import compute_dtype
+from adamfx._src.tree_math import abs_sq, compute_dtype
 
 # ``stream`` numbers of the moments the core stages keep (other stages pick their own).
 MU_STREAM, NU_STREAM, NU_MAX_STREAM = 0, 1, 2
@@ -168,6 +171,19 @@ def store(storage: Any, value: jax.Array, default_dtype, key=None) -> tuple[jax.
     if getattr(storage, "exact_moment", True):
         return value, kept
     return storage.decode(kept, value.dtype), kept
+
+
+def accumulate(storage: Any, stored: Any, g: jax.Array, power: int, decay, weight, default_dtype, key=None):
+    """``new = decay * old + weight * x`` with ``x = g`` (``power=1``) or ``|g|^2`` (``power=2``).
+
+    Returns ``(moment to hand on, record to keep)``. Storages may implement
+    ``accumulate`` themselves (int8 keeps a running bound of its scales from
+    the block maxima of ``|g|``); otherwise it is ``decode``, combine, :func:`store`.
+    """
+    if hasattr(storage, "accumulate"):
+        return storage.accumulate(stored, g, power, decay, weight, default_dtype, key)
+    x = g if power == 1 else abs_sq(g)
+    return store(storage, decay * storage.decode(stored, x.dtype) + weight * x, default_dtype, key)
 
 
 # The state's layout. A storage whose ``encode`` returns one array per leaf keeps a
