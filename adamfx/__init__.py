@@ -8,7 +8,9 @@ non-finite steps, parameter groups), ``adamfx/_src/ema.py`` (moving average of
 the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``;
 Adam's relatives in ``sgd.py``, ``adagrad.py``, ``rmsprop.py`` (RMSprop,
 Adadelta), ``nadam.py``, ``adamax.py``, ``radam.py``, their extra stages in
-``momentum.py``, ``moment_forms.py`` and ``corrections.py``.
+``momentum.py``, ``moment_forms.py`` and ``corrections.py``; how moments are
+stored in ``storage.py`` (float dtypes with stochastic rounding), ``quantize.py``
+(8-bit blocks) and ``factored.py`` (Adafactor row/column statistics).
 """
 
 from adamfx._src.adagrad import adagrad
@@ -18,16 +20,19 @@ from adamfx._src.base import Chain, GradientTransformation, GradientTransformati
 from adamfx._src.checkpoint import check_compatible, restore_state
 from adamfx._src.corrections import nesterov_momentum, rectify
 from adamfx._src.ema import EmaState, ema_params, with_ema
+from adamfx._src.factored import FactoredStorage
 from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.momentum import decoupled_weight_decay, trace
 from adamfx._src.nadam import nadam, nadamw
+from adamfx._src.quantize import Int8Storage
 from adamfx._src.radam import radam
 from adamfx._src.rmsprop import adadelta, rmsprop
 from adamfx._src.sgd import sgd
 from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.stages import add_decayed_weights, lr_decay
+from adamfx._src.storage import FloatStorage
 from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
 __version__ = "0.1.0"
@@ -36,8 +41,11 @@ __all__ = [
     "CONVENTIONS",
     "Chain",
     "EmaState",
+    "FactoredStorage",
+    "FloatStorage",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "Int8Storage",
     "Moments",
     "Stage",
     "accumulate_squares",

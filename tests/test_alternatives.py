@@ -150,7 +150,6 @@ BAD = [
     ("sgd", {"convention": "pytorch"}, "convention"),
     ("sgd", {"weight_decay": -1e-3}, "weight_decay"),
     ("sgd", {"decay": -1.0}, "decay"),
-    ("sgd", {"momentum": 0.9, "mu_dtype": "int8"}, "mu_dtype"),
     ("adagrad", {"lr_decay": -0.1}, "lr_decay"),
     ("adagrad", {"lr_decay": 0.1, "decay": 0.1}, "lr_decay"),
     ("adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value"),

@@ -20,7 +20,8 @@ BAD_ARGUMENTS = [
     ({"decay": -0.5}, r"decay=-0.5 is invalid"),
     ({"weight_decay": -0.5}, r"weight_decay=-0.5 is invalid"),
     ({"convention": "jax"}, r"convention='jax' is invalid: it must be one of 'optax', 'torch', 'keras'"),
-    ({"mu_dtype": jnp.int32}, r"mu_dtype=.* is invalid: it must be None or a JAX float dtype"),
+    ({"mu_dtype": jnp.int32}, r"mu_dtype=.* is invalid: it must be None, a JAX float dtype"),
+    ({"mu_dtype": "factored"}, r"mu_dtype=.* is invalid: only a second moment"),
 ]
 
 

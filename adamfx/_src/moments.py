@@ -22,8 +22,18 @@ import optax
 from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, identity_state
-from adamfx._src.storage import FloatStorage, resolve_storage
-from adamfx._src.tree_math import abs_sq, compute_dtype, map_pair, real_dtype, scalar_like
+from adamfx._src.storage import (
+    MU_STREAM,
+    NU_MAX_STREAM,
+    NU_STREAM,
+    accumulate,
+    init_stored,
+    map_stored,
+    parameter_shaped,
+    resolve_storage,
+    store,
+)
+from adamfx._src.tree_math import compute_dtype, real_dtype, scalar_like
 
 
 class Moments(NamedTuple):
@@ -74,13 +84,12 @@ class ScaleByMoments(Stage):
     nu_storage: Any
     names: tuple[str, str] = ("b1", "b2")
 
+    @property
+    def elementwise(self) -> bool:  # as elementwise as its storages (factored is not)
+        return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
+
     def _stored_zeros(self, params, storage, default_dtype):
-        if storage is None:
-            return None
-        return jax.tree.map(
-            lambda p: storage.encode(jnp.zeros_like(p, compute_dtype(p.dtype)), default_dtype(p.dtype)),
-            params,
-        )
+        return None if storage is None else init_stored(storage, params, default_dtype)
 
     def init(self, params):
         rates = {name: rate for name, rate in zip(self.names, (self.b1, self.b2), strict=True) if rate is not None}
@@ -92,25 +101,26 @@ class ScaleByMoments(Stage):
         )
 
     def update(self, grads, state, params=None, **extra_args):
-        reference = state.mu if state.mu is not None else state.nu
+        reference = (
+            parameter_shaped(self.mu_storage, state.mu)
+            if state.mu is not None
+            else parameter_shaped(self.nu_storage, state.nu)
+        )
         checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
         count = optax.safe_increment(state.count)
         c1 = None if self.b1 is None else state.hyperparams[hp.COMPLEMENT + self.names[0]]
         c2 = None if self.b2 is None else state.hyperparams[hp.COMPLEMENT + self.names[1]]
 
-        def ema(storage, stored, one_minus_b, power, default_dtype):
-            def leaf(g, s):
+        def ema(storage, stored, one_minus_b, power, default_dtype, stream):
+            def leaf(g, s, key):
                 wide = g.astype(compute_dtype(g.dtype))
-                x = wide if power == 1 else abs_sq(wide)
-                old = storage.decode(s, x.dtype)
-                c = scalar_like(one_minus_b, x)
-                new = (1 - c) * old + c * x
-                return new, storage.encode(new, default_dtype(g.dtype))
+                c = scalar_like(one_minus_b, wide)
+                return accumulate(storage, s, wide, power, 1 - c, c, default_dtype(g.dtype), key)
 
-            return map_pair(leaf, grads, stored)
+            return map_stored(storage, leaf, grads, stored, count, stream)
 
-        mu, new_mu = (None, None) if c1 is None else ema(self.mu_storage, state.mu, c1, 1, lambda d: d)
-        nu, new_nu = (None, None) if c2 is None else ema(self.nu_storage, state.nu, c2, 2, real_dtype)
+        mu, new_mu = (None, None) if c1 is None else ema(self.mu_storage, state.mu, c1, 1, lambda d: d, MU_STREAM)
+        nu, new_nu = (None, None) if c2 is None else ema(self.nu_storage, state.nu, c2, 2, real_dtype, NU_STREAM)
         one = jnp.asarray(1.0, dtype=float)
         moments = Moments(grads, mu, nu, count, one if c1 is None else c1, one if c2 is None else c2, one)
         return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)
@@ -128,7 +138,9 @@ def scale_by_moments(
 
     ``m_t = b1 m_{t-1} + (1-b1) g_t`` and ``v_t = b2 v_{t-1} + (1-b2) |g_t|^2``,
     computed in at least float32 and stored as ``mu_dtype``/``nu_dtype`` (default:
-    the parameter's dtype). ``b1=None`` or ``b2=None`` keeps only the other moment.
+    the parameter's dtype; a narrower float dtype rounds stochastically, ``"int8"``
+    quantises block-wise, ``"factored"`` keeps row and column means of ``nu``; see
+    :mod:`adamfx._src.storage`). ``b1=None`` or ``b2=None`` keeps only the other moment.
     Emits a :class:`Moments` value for :func:`bias_correction` and :func:`normalize`.
     State: ``count`` (saturating), ``mu``, ``nu``, hyperparameters ``b1``, ``b2``.
     ``names`` renames those two hyperparameters in the state (RMSprop and
@@ -142,7 +154,7 @@ def scale_by_moments(
     if b1 is not None and b2 is not None and names[0] == names[1] and b1 != b2:
         raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
-    nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype")
+    nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     return ScaleByMoments(b1, b2, mu_storage, nu_storage, tuple(names)).transform()
 
 
@@ -234,18 +246,21 @@ class MaxNuState(NamedTuple):
 class MaxNu(Stage):
     storage: Any
 
+    @property
+    def elementwise(self) -> bool:
+        return getattr(self.storage, "elementwise", True)
+
     def init(self, params):
-        zero = lambda p: self.storage.encode(jnp.zeros_like(p, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype))  # noqa: E731
-        return MaxNuState(jax.tree.map(zero, params))
+        return MaxNuState(init_stored(self.storage, params, real_dtype))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "max_nu")
 
-        def leaf(v, stored, g):
+        def leaf(v, stored, key, g):
             new = jnp.maximum(self.storage.decode(stored, v.dtype), v)
-            return new, self.storage.encode(new, real_dtype(g.dtype))
+            return store(self.storage, new, real_dtype(g.dtype), key)
 
-        nu, kept = map_pair(leaf, moments.nu, state.nu_max, moments.grad)
+        nu, kept = map_stored(self.storage, leaf, moments.nu, state.nu_max, moments.count, NU_MAX_STREAM, moments.grad)
         return moments._replace(nu=nu), MaxNuState(kept)
 
 
@@ -255,4 +270,10 @@ def max_nu(*, nu_dtype=None):
     Placed before :func:`bias_correction` it maxes the raw ``v`` (PyTorch, Keras);
     after it, the corrected ``v^`` (optax). State: ``nu_max``.
     """
-    return MaxNu(resolve_storage(nu_dtype, "nu_dtype") or FloatStorage()).transform()
+    storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
+    if not getattr(storage, "exact_moment", True):
+        raise ValueError(
+            f"max_nu(nu_dtype={nu_dtype!r}) is invalid: a running maximum needs a storage that keeps "
+            'each element (a float dtype or "int8"), not a model of the moment such as "factored".'
+        )
+    return MaxNu(storage).transform()

@@ -35,3 +35,8 @@ def map_pair(fn, tree, *rest):
     rest_leaves = [treedef.flatten_up_to(other) for other in rest]
     pairs = [fn(*args) for args in zip(leaves, *rest_leaves, strict=True)]
     return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])
+
+
+def placeholder() -> jax.Array:
+    """Fills a state field that a leaf does not use (size 1: checkpointers reject empty arrays)."""
+    return jnp.zeros((1,), jnp.float32)
