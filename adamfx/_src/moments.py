@@ -97,12 +97,13 @@ class ScaleByMoments(Stage):
 
         def ema(storage, stored, b, power, default_dtype):
             def leaf(g, s):
+                stored_dtype = default_dtype(g.dtype)  # from the gradient's own dtype, before promotion
                 g = g.astype(compute_dtype(g.dtype))
                 x = g if power == 1 else abs_sq(g)
                 old = storage.decode(s, x.dtype)
                 b_ = scalar_like(b, x)
                 new = b_ * old + (1 - b_) * x
-                return new, storage.encode(new, default_dtype(g.dtype))
+                return new, storage.encode(new, stored_dtype)
 
             return map_pair(leaf, grads, stored)
 
