@@ -11,14 +11,15 @@ and the parameter layout change:
   viewed as a tree inside the step, so the step passes O(1) buffers.
 
 Contenders are timed interleaved (A B C A B C ...), medians reported. Every
-contender runs the same number of steps on the same batch, so their last losses
-must agree (to float32 rounding): the table shows them.
+Adam contender runs the same number of steps on the same batch, so their last
+losses must agree (to float32 rounding): the table shows them. ``floor: p - lr g``
+(plain SGD, no optimizer state) bounds what any optimizer could gain.
 
 Run::
 
-    python benchmarks/train_step.py            # default model
-    python benchmarks/train_step.py --quick    # seconds
-    python benchmarks/train_step.py --d-model 256 --batch 16
+    python benchmarks/train_step.py                  # d_model 32 and 128
+    python benchmarks/train_step.py --quick          # seconds
+    python benchmarks/train_step.py --d-model 16,32,64,128,256 --batch 16
 
 Writes ``train_step.json`` and ``train_step.png`` to ``--out`` (default ``benchmarks/out``).
 """
@@ -70,6 +71,9 @@ def contenders(graphdef, params):
         out[name] = (make_step(graphdef, tx), copy(params), tx.init(params))
     for name, tx in [("optax.adam flat", optax.adam(LR)), ("adamfx.adam flat", adamfx.adam(LR))]:
         out[name] = (make_step(graphdef, tx, unflatten), copy(flat), tx.init(flat))
+    # Not an Adam: p -= lr g, no state. What the step costs without an optimizer worth the name.
+    sgd = optax.sgd(LR)
+    out["floor: p - lr g"] = (make_step(graphdef, sgd), copy(params), sgd.init(params))
     return out
 
 
@@ -84,36 +88,23 @@ def runner(entry, tokens):
     return run, box
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, few samples (smoke test)")
-    parser.add_argument("--blocks", type=int, default=13)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=harness.OUT)
-    args = parser.parse_args(argv)
-    cfg = models.TransformerConfig(blocks=args.blocks, d_model=args.d_model, d_ff=4 * args.d_model, seq=args.seq)
-    if args.quick:
-        cfg = dataclasses.replace(cfg, d_model=16, d_ff=32, heads=2, vocab=32, seq=8)
-        args.batch, args.samples = 2, 3
+def measure(cfg, batch_size, samples):
+    """Rows (one per contender) for one model size, all contenders timed interleaved."""
     graphdef, params = models.transformer(cfg)
-    tokens = models.batch(cfg, args.batch)
+    tokens = models.batch(cfg, batch_size)
     n_leaves, n_params = len(jax.tree.leaves(params)), sum(p.size for p in jax.tree.leaves(params))
-    info = harness.machine()
-    print(f"{info['date']}  {info['cpu']}  {info['backend']}: {info['device_kind']}  load {info['load_avg']}")
-    print(f"model: {cfg}, {n_leaves} leaves, {n_params} params; batch {args.batch}")
-
+    print(f"model: {cfg}, {n_leaves} leaves, {n_params} params; batch {batch_size}", flush=True)
     entries = contenders(graphdef, params)
     runs = {name: runner(entry, tokens) for name, entry in entries.items()}
-    times = harness.interleaved({name: run for name, (run, _) in runs.items()}, args.samples, warmup=3)
+    times = harness.interleaved({name: run for name, (run, _) in runs.items()}, samples, warmup=3)
     reference = harness.median(times[REFERENCE])
+    model = {**dataclasses.asdict(cfg), "leaves": n_leaves, "params": n_params, "batch": batch_size}
     rows = []
     for name, values in times.items():
         seconds = harness.median(values)
         rows.append(
             {
+                "model": model,
                 "contender": name,
                 "median_s": seconds,
                 "iqr_rel": harness.spread(values),
@@ -132,21 +123,43 @@ def main(argv=None):
         ]
         for r in rows
     ]
-    print(harness.table(body, ["contender", "ms/step", "iqr", "speed-up vs optax.adam", "last loss"]))
-    payload = {
-        "machine": info,
-        "model": {**dataclasses.asdict(cfg), "leaves": n_leaves, "params": n_params, "batch": args.batch},
-        "results": rows,
-    }
-    harness.write_json(args.out / "train_step.json", payload)
+    print(harness.table(body, ["contender", "ms/step", "iqr", "speed-up vs optax.adam", "last loss"]), flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, few samples (smoke test)")
+    parser.add_argument("--blocks", type=int, default=13)
+    parser.add_argument("--d-model", default="32,128", help="comma list: one model per width (d_ff = 4 d_model)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=harness.OUT)
+    args = parser.parse_args(argv)
+    info = harness.machine()
+    print(f"{info['date']}  {info['cpu']}  {info['backend']}: {info['device_kind']}  load {info['load_avg']}")
+    configs = [
+        models.TransformerConfig(blocks=args.blocks, d_model=int(d), d_ff=4 * int(d), seq=args.seq)
+        for d in args.d_model.split(",")
+    ]
+    if args.quick:
+        configs = [models.TransformerConfig(blocks=args.blocks, d_model=16, d_ff=32, heads=2, vocab=32, seq=8)]
+        args.batch, args.samples = 2, 3
+    rows = [row for cfg in configs for row in measure(cfg, args.batch, args.samples)]
+    harness.write_json(args.out / "train_step.json", {"machine": info, "results": rows})
+    groups = {}
+    for r in rows:
+        label = f"d_model {r['model']['d_model']}: {r['model']['leaves']} leaves, {r['model']['params'] / 1e6:.2f}M"
+        groups.setdefault(label, {})[r["contender"]] = r["speedup_vs_optax.adam"]
     harness.bar_chart(
         args.out / "train_step.png",
-        {f"{n_leaves} leaves, {n_params / 1e6:.1f}M params": {r["contender"]: r["median_s"] * 1e3 for r in rows}},
-        f"Train step (fwd+bwd+Adam) - {info['device_kind']}, {info['date'][:10]}",
-        "ms per step",
+        groups,
+        f"Train step (fwd+bwd+Adam) speed-up vs optax.adam - {info['device_kind']}, {info['date'][:10]}",
+        "speed-up (higher is faster)",
     )
     print(f"wrote {args.out / 'train_step.json'} and train_step.png")
-    return payload
+    return rows
 
 
 if __name__ == "__main__":

@@ -72,8 +72,7 @@ class Problem:
             p = np.asarray(params[k])
             noise = self.noise_scale * rng.standard_normal(p.shape)
             dt = p.dtype
-            out[k] = np.asarray(self.a[k].astype(dt) * (p - self.target[k].astype(dt))
-                                + noise.astype(dt))
+            out[k] = np.asarray(self.a[k].astype(dt) * (p - self.target[k].astype(dt)) + noise.astype(dt))
         return out
 
     def params_in(self, dtype) -> Params:
@@ -86,13 +85,12 @@ class Problem:
         for k in sorted(self.init_params):
             shape = np.shape(self.init_params[k])
             n = int(np.prod(shape))
-            out[k] = np.asarray(row[i:i + n]).reshape(shape)
+            out[k] = np.asarray(row[i : i + n]).reshape(shape)
             i += n
         return out
 
 
-def make_problem(dtype=np.float64, seed: int = 0, shapes=SHAPES,
-                 noise_scale: float = 0.5) -> Problem:
+def make_problem(dtype=np.float64, seed: int = 0, shapes=SHAPES, noise_scale: float = 0.5) -> Problem:
     """Build the standard problem; `init_params` are in `dtype`."""
     rng = np.random.default_rng([seed, 0xC0FFEE])  # independent of step noise
     keys = sorted(shapes)
@@ -107,8 +105,7 @@ def flatten(params: Mapping[str, Any]) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(params[k])) for k in sorted(params)])
 
 
-def _trajectory(problem: Problem, steps: int, state, params_of: Callable,
-                update: Callable) -> np.ndarray:
+def _trajectory(problem: Problem, steps: int, state, params_of: Callable, update: Callable) -> np.ndarray:
     """Shared driver: `update(state, grads)` -> state, `params_of(state)` -> dict."""
     rows = []
     for step in range(steps):
@@ -130,11 +127,13 @@ TORCH_SCHEDULERS: Mapping[str, Callable] = {
 
 def _torch():
     import torch
+
     return torch
 
 
-def run_torch(name: str, kwargs: Mapping[str, Any], problem: Problem,
-              steps: int, dtype=np.float64, scheduler=None) -> np.ndarray:
+def run_torch(
+    name: str, kwargs: Mapping[str, Any], problem: Problem, steps: int, dtype=np.float64, scheduler=None
+) -> np.ndarray:
     """Trajectory of `torch.optim.<name>(params, **kwargs)`.
 
     `scheduler` is None, ("exponential", gamma) -> ExponentialLR or
@@ -144,8 +143,7 @@ def run_torch(name: str, kwargs: Mapping[str, Any], problem: Problem,
     """
     torch = _torch()
     keys = sorted(problem.init_params)
-    tensors = {k: torch.tensor(v, requires_grad=True)
-               for k, v in problem.params_in(dtype).items()}
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in problem.params_in(dtype).items()}
     opt = getattr(torch.optim, name)([tensors[k] for k in keys], **kwargs)
     sched = TORCH_SCHEDULERS[scheduler[0]](opt, scheduler[1]) if scheduler else None
 
@@ -157,9 +155,7 @@ def run_torch(name: str, kwargs: Mapping[str, Any], problem: Problem,
             sched.step()
         return state
 
-    return _trajectory(problem, steps, None,
-                       lambda _: {k: t.detach().numpy() for k, t in tensors.items()},
-                       update)
+    return _trajectory(problem, steps, None, lambda _: {k: t.detach().numpy() for k, t in tensors.items()}, update)
 
 
 # --------------------------------------------------------------------------
@@ -169,18 +165,20 @@ def run_torch(name: str, kwargs: Mapping[str, Any], problem: Problem,
 #: schedule spec kind -> factory(initial_lr, argument), one decay per step
 KERAS_SCHEDULES: Mapping[str, Callable] = {
     "exponential": lambda lr, gamma: _keras().optimizers.schedules.ExponentialDecay(
-        lr, decay_steps=1, decay_rate=gamma),
+        lr, decay_steps=1, decay_rate=gamma
+    ),
     # lr / (1 + decay * iterations): the legacy tf.keras `decay=` argument.
     "inverse_time": lambda lr, decay: _keras().optimizers.schedules.InverseTimeDecay(
-        lr, decay_steps=1, decay_rate=decay),
+        lr, decay_steps=1, decay_rate=decay
+    ),
 }
 
 
 def _keras():
     import keras
+
     if keras.backend.backend() != "jax":
-        raise RuntimeError(f"keras was imported with backend "
-                           f"{keras.backend.backend()!r}; peers needs 'jax'")
+        raise RuntimeError(f"keras was imported with backend {keras.backend.backend()!r}; peers needs 'jax'")
     return keras
 
 
@@ -201,9 +199,15 @@ def precision(dtype, keras_floatx: bool = False) -> Iterator[None]:
             keras.config.set_floatx(old)
 
 
-def run_keras(name: str, kwargs: Mapping[str, Any], problem: Problem,
-              steps: int, dtype=np.float64, schedule=None,
-              jit: bool = True) -> np.ndarray:
+def run_keras(
+    name: str,
+    kwargs: Mapping[str, Any],
+    problem: Problem,
+    steps: int,
+    dtype=np.float64,
+    schedule=None,
+    jit: bool = True,
+) -> np.ndarray:
     """Trajectory of `keras.optimizers.<name>(**kwargs)` on keras.Variables.
 
     `schedule` is None, ("exponential", gamma) or ("inverse_time", decay);
@@ -219,17 +223,16 @@ def run_keras(name: str, kwargs: Mapping[str, Any], problem: Problem,
         cls = getattr(keras.optimizers, name)
         kwargs = dict(kwargs)
         if schedule is not None:
-            lr = kwargs.get("learning_rate",
-                            inspect.signature(cls).parameters["learning_rate"].default)
+            lr = kwargs.get("learning_rate", inspect.signature(cls).parameters["learning_rate"].default)
             kwargs["learning_rate"] = KERAS_SCHEDULES[schedule[0]](lr, schedule[1])
         opt = cls(**kwargs)
         keys = sorted(problem.init_params)
         init = problem.params_in(dtype)
-        variables = [keras.Variable(init[k], dtype=np.dtype(dtype).name, name=k)
-                     for k in keys]
+        variables = [keras.Variable(init[k], dtype=np.dtype(dtype).name, name=k) for k in keys]
         opt.build(variables)
 
         if jit:
+
             @jax.jit
             def apply(state, grads):
                 values, opt_values = state
@@ -239,6 +242,7 @@ def run_keras(name: str, kwargs: Mapping[str, Any], problem: Problem,
             params_of = lambda s: dict(zip(keys, s[0]))
             update = lambda s, g: apply(s, [g[k] for k in keys])
         else:
+
             def update(state, grads):
                 opt.apply([grads[k] for k in keys], variables)
                 return state
@@ -253,14 +257,14 @@ def run_keras(name: str, kwargs: Mapping[str, Any], problem: Problem,
 # --------------------------------------------------------------------------
 
 
-def run_transform(tx: optax.GradientTransformation, problem: Problem,
-                  steps: int, dtype=np.float64) -> np.ndarray:
+def run_transform(tx: optax.GradientTransformation, problem: Problem, steps: int, dtype=np.float64) -> np.ndarray:
     """Trajectory of any optax-style `tx` (init/update) with apply_updates.
 
     Parameters are a dict of jnp arrays in `dtype`; one jitted function does
     `tx.update` + `optax.apply_updates` per step.
     """
     with precision(dtype):
+
         @jax.jit
         def apply(state, grads):
             params, opt_state = state
@@ -268,8 +272,7 @@ def run_transform(tx: optax.GradientTransformation, problem: Problem,
             return optax.apply_updates(params, updates), opt_state
 
         params = {k: jnp.asarray(v) for k, v in problem.params_in(dtype).items()}
-        return _trajectory(problem, steps, (params, tx.init(params)),
-                           lambda s: s[0], apply)
+        return _trajectory(problem, steps, (params, tx.init(params)), lambda s: s[0], apply)
 
 
 run_optax = run_transform  #: alias; optax is just one source of transforms
@@ -280,9 +283,16 @@ run_optax = run_transform  #: alias; optax is just one source of transforms
 # --------------------------------------------------------------------------
 
 
-def numpy_adam(problem: Problem, steps: int, lr: float = 1e-3, b1: float = 0.9,
-               b2: float = 0.999, eps: float = 1e-8, dtype=np.float64,
-               eps_hat: bool = False) -> np.ndarray:
+def numpy_adam(
+    problem: Problem,
+    steps: int,
+    lr: float = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    dtype=np.float64,
+    eps_hat: bool = False,
+) -> np.ndarray:
     """Adam, Algorithm 1 of Kingma & Ba (2015), in NumPy.
 
     eps_hat=True uses the paper's Sec. 2 reordering instead,
@@ -299,10 +309,10 @@ def numpy_adam(problem: Problem, steps: int, lr: float = 1e-3, b1: float = 0.9,
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             v[k] = b2 * v[k] + (1 - b2) * g[k] ** 2
             if eps_hat:
-                alpha_t = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                alpha_t = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
                 p[k] = p[k] - alpha_t * m[k] / (np.sqrt(v[k]) + eps)
             else:
-                m_hat, v_hat = m[k] / (1 - b1 ** t), v[k] / (1 - b2 ** t)
+                m_hat, v_hat = m[k] / (1 - b1**t), v[k] / (1 - b2**t)
                 p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
         rows.append(flatten(p))
     return np.stack(rows)

@@ -40,6 +40,6 @@ def test_step_speed_quick(tmp_path):
 @pytest.mark.slow
 def test_train_step_quick(tmp_path):
     payload = run_script("train_step.py", tmp_path)
-    losses = [r["last_loss"] for r in payload["results"]]
+    losses = [r["last_loss"] for r in payload["results"] if "adam" in r["contender"]]
     assert max(losses) - min(losses) < 1e-3 * max(losses)  # same model, data and steps
-    assert payload["model"]["leaves"] >= 200
+    assert all(r["model"]["leaves"] >= 200 for r in payload["results"])
