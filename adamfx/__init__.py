@@ -10,7 +10,8 @@ Adam's relatives in ``sgd.py``, ``adagrad.py``, ``rmsprop.py`` (RMSprop,
 Adadelta), ``nadam.py``, ``adamax.py``, ``radam.py``, their extra stages in
 ``momentum.py``, ``moment_forms.py`` and ``corrections.py``; how moments are
 stored in ``storage.py`` (float dtypes with stochastic rounding), ``quantize.py``
-(8-bit blocks) and ``factored.py`` (Adafactor row/column statistics).
+(8-bit blocks) and ``factored.py`` (Adafactor row/column statistics); the
+flat-buffer execution in ``fused.py`` (fused) and ``flat.py`` (flat_params).
 """
 
 from adamfx._src.adagrad import adagrad
@@ -21,6 +22,8 @@ from adamfx._src.checkpoint import check_compatible, restore_state
 from adamfx._src.corrections import nesterov_momentum, rectify
 from adamfx._src.ema import EmaState, ema_params, with_ema
 from adamfx._src.factored import FactoredStorage
+from adamfx._src.flat import flat_params
+from adamfx._src.fused import fused
 from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
@@ -65,6 +68,8 @@ __all__ = [
     "decoupled_weight_decay",
     "ema_params",
     "exclude_bias_and_norm",
+    "flat_params",
+    "fused",
     "groups",
     "hyperparams",
     "infinity_norm",

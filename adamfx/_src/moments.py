@@ -173,9 +173,12 @@ class BiasCorrection(Stage):
         t = moments.count
         bc1 = one_minus_power(moments.one_minus_b1, t)
         bc2 = one_minus_power(moments.one_minus_b2, t)
-        divide = lambda tree, bc: jax.tree.map(lambda x: x / scalar_like(bc, x), tree)  # noqa: E731
-        mu = None if moments.mu is None else divide(moments.mu, bc1)
-        nu = None if moments.nu is None else divide(moments.nu, bc2)
+        # Multiply by the scalar 1/bc: one division per step, not per element, and the
+        # same rounding in every fusion (XLA rewrites (m / bc1) / d as m / (bc1 d) in
+        # some fusions and not in others, which moved results by a few ulp).
+        scale = lambda tree, bc: jax.tree.map(lambda x: x * scalar_like(1 / bc, x), tree)  # noqa: E731
+        mu = None if moments.mu is None else scale(moments.mu, bc1)
+        nu = None if moments.nu is None else scale(moments.nu, bc2)
         return moments._replace(mu=mu, nu=nu, nu_correction=bc2), state
 
 

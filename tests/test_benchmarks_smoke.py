@@ -1,0 +1,45 @@
+"""The speed benchmarks run end to end (tiny sizes; this checks that they work, not how fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, out: Path, *args: str) -> dict:
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user runs it
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--out", str(out), *args],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    return json.loads((out / name.replace(".py", ".json")).read_text())
+
+
+def test_step_speed_quick(tmp_path):
+    payload = run_script("step_speed.py", tmp_path)
+    rows = payload["results"]
+    contenders = {r["contender"] for r in rows}
+    assert {"adamfx.adam", "adamfx.fused(adam)", "adamfx.adam flat", "optax.adam", "floor"} <= contenders
+    assert {r["mode"] for r in rows} == {"call", "scan"}
+    assert all(r["median_s"] > 0 and r["vs optax.adam"] > 0 for r in rows)
+    assert (tmp_path / "step_speed_call.png").stat().st_size > 0
+    assert (tmp_path / "step_speed_scan.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_train_step_quick(tmp_path):
+    payload = run_script("train_step.py", tmp_path)
+    losses = [r["last_loss"] for r in payload["results"] if "adam" in r["contender"]]
+    assert max(losses) - min(losses) < 1e-3 * max(losses)  # same model, data and steps
+    assert all(r["model"]["leaves"] >= 200 for r in payload["results"])
