@@ -243,6 +243,8 @@ def run_from(tx, params, state):
 
 def test_peak_memory_is_one_packed_gradient():
     """The compiled step needs no temporary but the packed gradients of the packed groups."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("XLA:GPU reserves scratch buffers of its own: the byte bounds below are XLA:CPU's")
     params = {"big": jnp.zeros(2**16), **{f"small{i}": jnp.zeros(1000) for i in range(20)}}
     packed_bytes = 20 * 1000 * 4
 
