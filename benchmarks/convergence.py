@@ -237,9 +237,10 @@ def plot(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few epochs and steps")
-    parser.add_argument("--seeds", type=int, default=5, help="digits seeds per storage")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=800, help="character-LM training steps")
+    parser.add_argument("--seeds", type=int, default=3, help="digits seeds per storage")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=600, help="character-LM training steps")
+    parser.add_argument("--all-lm", action="store_true", help="also train the LM with int8 nearest and int8 + factored")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.steps = 1, 3, 60
@@ -267,7 +268,7 @@ def main() -> None:
     split = int(0.9 * len(text))
     train, held = text[:split], text[split:]
     held_out = list(lm_batches(held, 20 if not args.quick else 4, 64, 64, seed=1234))
-    lm_storages = [name for name in STORAGES if name != "int8 + factored"]
+    lm_storages = list(STORAGES) if args.all_lm else ["fp32", "bf16", "int8", "factored"]
     charlm = {name: train_charlm(name, 0, args.steps, train, held_out) for name in lm_storages}
     charlm["fp32 seed 1"] = train_charlm("fp32", 1, args.steps, train, held_out)
     base = charlm["fp32"]["eval_loss"]
