@@ -26,16 +26,31 @@ from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, identity_state
 from adamfx._src.moments import Moments
 from adamfx._src.moments import _require_moments as require_moments
-from adamfx._src.storage import resolve_storage
-from adamfx._src.tree_math import abs_sq, compute_dtype, map_pair, real_dtype, scalar_like
+from adamfx._src.storage import (
+    INFINITY_NORM_STREAM,
+    SUM_STREAM,
+    UPDATE_RMS_STREAM,
+    accumulate,
+    check_keeps_elements,
+    init_stored,
+    map_stored,
+    parameter_shaped,
+    resolve_storage,
+    store,
+)
+from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, scalar_like
 
 
-def _stored_constant(params, storage, value):
-    """A real moment per leaf, filled with ``value`` and encoded by ``storage``."""
-    fill = lambda p: storage.encode(  # noqa: E731
-        jnp.full(p.shape, value, real_dtype(compute_dtype(p.dtype))), real_dtype(p.dtype)
-    )
-    return jax.tree.map(fill, params)
+class _StoredMoment:
+    """Mixin for a stage that keeps one moment in ``self.storage``: as elementwise as its storage."""
+
+    @property
+    def elementwise(self) -> bool:
+        return getattr(self.storage, "elementwise", True)
+
+    def _check_structure(self, tree, stored, what: str) -> None:
+        reference = parameter_shaped(self.storage, stored)
+        checks.check_same_structure(tree, reference, what, "optimizer state (built by init)")
 
 
 class SumState(NamedTuple):
@@ -45,23 +60,23 @@ class SumState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class AccumulateSquares(Stage):
+class AccumulateSquares(_StoredMoment, Stage):
     initial_value: float
     storage: Any
 
     def init(self, params):
-        return SumState(jnp.zeros([], jnp.int32), _stored_constant(params, self.storage, self.initial_value), {})
+        return SumState(jnp.zeros([], jnp.int32), init_stored(self.storage, params, real_dtype, self.initial_value), {})
 
     def update(self, grads, state, params=None, **extra_args):
-        checks.check_same_structure(grads, state.nu, "gradients", "optimizer state (built by init)")
-
-        def leaf(g, stored):
-            x = abs_sq(g.astype(compute_dtype(g.dtype)))
-            new = self.storage.decode(stored, x.dtype) + x
-            return new, self.storage.encode(new, real_dtype(g.dtype))
-
-        nu, kept = map_pair(leaf, grads, state.nu)
+        self._check_structure(grads, state.nu, "gradients")
         count = optax.safe_increment(state.count)
+
+        def leaf(g, stored, key):
+            wide = g.astype(compute_dtype(g.dtype))
+            one = scalar_like(1.0, wide)
+            return accumulate(self.storage, stored, wide, 2, one, one, real_dtype(g.dtype), key)
+
+        nu, kept = map_stored(self.storage, leaf, grads, state.nu, count, SUM_STREAM)
         one = jnp.asarray(1.0, dtype=float)
         # 1 - b = 1 for both rates: nothing for bias_correction to correct, eps placements agree
         return Moments(grads, None, nu, count, one, one, one), SumState(count, kept, state.hyperparams)
@@ -75,7 +90,8 @@ def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None)
     (stored as ``nu_dtype``). Used by :func:`adamfx.adagrad`.
     """
     checks.check_range("initial_accumulator_value", initial_accumulator_value, 0.0)
-    return AccumulateSquares(initial_accumulator_value, resolve_storage(nu_dtype, "nu_dtype")).transform()
+    storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
+    return AccumulateSquares(initial_accumulator_value, storage).transform()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,29 +125,33 @@ EPS_IN_MAX = ("max", "denominator")
 
 
 @dataclasses.dataclass(frozen=True)
-class InfinityNorm(Stage):
+class InfinityNorm(_StoredMoment, Stage):
     b2: float
     eps: float
     eps_in: str
     storage: Any
 
     def init(self, params):
-        return InfinityNormState(_stored_constant(params, self.storage, 0.0), hp.as_arrays(b2=self.b2, eps=self.eps))
+        nu = init_stored(self.storage, params, real_dtype)
+        return InfinityNormState(nu, hp.as_arrays(b2=self.b2, eps=self.eps))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "infinity_norm")
+        self._check_structure(moments.grad, state.nu, "gradients")
         b2, eps = state.hyperparams["b2"], state.hyperparams["eps"]
 
-        def leaf(m, g, stored):
+        def leaf(g, stored, key, m):
             x = g.astype(compute_dtype(g.dtype))
             eps_ = scalar_like(eps, x)
             magnitude = jnp.abs(x) + eps_ if self.eps_in == "max" else jnp.abs(x)
             u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(stored, magnitude.dtype), magnitude)
+            u, kept = store(self.storage, u, real_dtype(g.dtype), key)
             denominator = u if self.eps_in == "max" else u + eps_
             out = m.astype(compute_dtype(m.dtype)) / denominator
-            return out.astype(g.dtype), self.storage.encode(u, real_dtype(g.dtype))
+            return out.astype(g.dtype), kept
 
-        updates, kept = map_pair(leaf, moments.mu, moments.grad, state.nu)
+        stream = INFINITY_NORM_STREAM
+        updates, kept = map_stored(self.storage, leaf, moments.grad, state.nu, moments.count, stream, moments.mu)
         return updates, InfinityNormState(kept, state.hyperparams)
 
 
@@ -150,40 +170,45 @@ def infinity_norm(b2: float = 0.999, eps: float = 1e-8, *, eps_in: str = "max", 
     checks.check_range("b2", b2, 0.0, 1.0)
     checks.check_range("eps", eps, 0.0)
     checks.check_choice("eps_in", eps_in, EPS_IN_MAX)
-    return InfinityNorm(b2, eps, eps_in, resolve_storage(nu_dtype, "nu_dtype")).transform()
+    storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
+    check_keeps_elements(storage, "nu_dtype", nu_dtype, "infinity_norm", "a running maximum")
+    return InfinityNorm(b2, eps, eps_in, storage).transform()
 
 
 class UpdateRmsState(NamedTuple):
+    count: jax.Array  # steps taken (for the stochastic rounding's keys)
     delta_sq: Any  # stored moving average of the squared updates
     hyperparams: dict  # 1-rho (reported as rho), eps_root
 
 
 @dataclasses.dataclass(frozen=True)
-class UpdateRms(Stage):
+class UpdateRms(_StoredMoment, Stage):
     rho: float
     eps_root: float
     storage: Any
 
     def init(self, params):
         return UpdateRmsState(
-            _stored_constant(params, self.storage, 0.0),
+            jnp.zeros([], jnp.int32),
+            init_stored(self.storage, params, real_dtype),
             hp.as_arrays(**hp.complements(rho=self.rho), eps_root=self.eps_root),
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        checks.check_same_structure(updates, state.delta_sq, "updates", "optimizer state (built by init)")
+        self._check_structure(updates, state.delta_sq, "updates")
         one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
+        count = optax.safe_increment(state.count)
 
-        def leaf(u, stored):
+        def leaf(u, stored, key):
             x = u.astype(compute_dtype(u.dtype))
             old = self.storage.decode(stored, real_dtype(x.dtype))
             delta = jnp.sqrt(old + scalar_like(eps_root, x)) * x
             c = scalar_like(one_minus_rho, x)
-            new = (1 - c) * old + c * abs_sq(delta)
-            return delta.astype(u.dtype), self.storage.encode(new, real_dtype(u.dtype))
+            _, kept = accumulate(self.storage, stored, delta, 2, 1 - c, c, real_dtype(u.dtype), key)
+            return delta.astype(u.dtype), kept
 
-        updates, kept = map_pair(leaf, updates, state.delta_sq)
-        return updates, UpdateRmsState(kept, state.hyperparams)
+        updates, kept = map_stored(self.storage, leaf, updates, state.delta_sq, count, UPDATE_RMS_STREAM)
+        return updates, UpdateRmsState(count, kept, state.hyperparams)
 
 
 def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
@@ -194,9 +219,9 @@ def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
     ``d_t = sqrt(w_{t-1} + eps) / sqrt(v_t + eps) g_t``. The hyperparameter is
     named ``eps_root`` in the state, like the eps inside :func:`normalize`'s
     root, so ``set_hyperparams(eps_root=...)`` moves Adadelta's one eps in both.
-    State: ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
+    State: ``count``, ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
     ``eps_root``. Used by :func:`adamfx.adadelta`.
     """
     checks.check_range("rho", rho, 0.0, 1.0)
     checks.check_range("eps", eps, 0.0)
-    return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype")).transform()
+    return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()

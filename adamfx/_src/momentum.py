@@ -27,8 +27,15 @@ from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, stage_of
 from adamfx._src.stages import add_decayed_weights, lr_decay
-from adamfx._src.storage import resolve_storage
-from adamfx._src.tree_math import compute_dtype, map_pair, scalar_like
+from adamfx._src.storage import (
+    TRACE_STREAM,
+    accumulate,
+    init_stored,
+    map_stored,
+    parameter_shaped,
+    resolve_storage,
+)
+from adamfx._src.tree_math import compute_dtype, scalar_like
 
 
 class TraceState(NamedTuple):
@@ -44,29 +51,36 @@ class Trace(Stage):
     nesterov: bool
     storage: Any
 
+    @property
+    def elementwise(self) -> bool:
+        return getattr(self.storage, "elementwise", True)
+
     def init(self, params):
-        zeros = lambda p: self.storage.encode(jnp.zeros(p.shape, compute_dtype(p.dtype)), p.dtype)  # noqa: E731
         return TraceState(
             count=jnp.zeros([], jnp.int32),
-            trace=jax.tree.map(zeros, params),
+            trace=init_stored(self.storage, params, lambda d: d),
             hyperparams=hp.as_arrays(momentum=self.momentum, dampening=self.dampening),
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        checks.check_same_structure(updates, state.trace, "updates", "optimizer state (built by init)")
+        reference = parameter_shaped(self.storage, state.trace)
+        checks.check_same_structure(updates, reference, "updates", "optimizer state (built by init)")
         momentum, dampening = state.hyperparams["momentum"], state.hyperparams["dampening"]
         first = state.count == 0
+        count = optax.safe_increment(state.count)
 
-        def leaf(u, stored):
+        def leaf(u, stored, key):
             x = u.astype(compute_dtype(u.dtype))
             mu = scalar_like(momentum, x)
-            damped = mu * self.storage.decode(stored, x.dtype) + (1 - scalar_like(dampening, x)) * x
-            buffer = jnp.where(first, x, damped)
+            # b_1 = u_1 (undamped), then b_t = mu b_{t-1} + (1 - dampening) u_t
+            decay = jnp.where(first, jnp.zeros_like(mu), mu)
+            weight = jnp.where(first, jnp.ones_like(mu), 1 - scalar_like(dampening, x))
+            buffer, kept = accumulate(self.storage, stored, x, 1, decay, weight, u.dtype, key)
             out = x + mu * buffer if self.nesterov else buffer
-            return out.astype(u.dtype), self.storage.encode(buffer, u.dtype)
+            return out.astype(u.dtype), kept
 
-        out, kept = map_pair(leaf, updates, state.trace)
-        return out, TraceState(optax.safe_increment(state.count), kept, state.hyperparams)
+        out, kept = map_stored(self.storage, leaf, updates, state.trace, count, TRACE_STREAM)
+        return out, TraceState(count, kept, state.hyperparams)
 
 
 def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False, *, mu_dtype=None):

@@ -54,8 +54,9 @@ from adamfx._src.quantize import Int8Storage, check_rounding_and_seed
 from adamfx._src.rounding import stochastic_round
 from adamfx._src.tree_math import abs_sq, compute_dtype
 
-# ``stream`` numbers of the moments the core stages keep (other stages pick their own).
-MU_STREAM, NU_STREAM, NU_MAX_STREAM = 0, 1, 2
+# ``stream`` numbers of the moments the stages keep: each moment rounds with its own keys.
+MU_STREAM, NU_STREAM, NU_MAX_STREAM = 0, 1, 2  # scale_by_moments, max_nu
+TRACE_STREAM, SUM_STREAM, INFINITY_NORM_STREAM, UPDATE_RMS_STREAM = 3, 4, 5, 6  # trace and moment_forms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,17 +217,27 @@ def parameter_shaped(storage: Any, stored: Any) -> Any:
     return stored if getattr(storage, "record", None) is None else stored[0]
 
 
-def init_stored(storage: Any, params: Any, dtype_of) -> Any:
-    """The stored form of a zero moment for ``params``; ``dtype_of(param dtype)`` is the default dtype.
+def init_stored(storage: Any, params: Any, dtype_of, value: float = 0.0) -> Any:
+    """The stored form of a moment filled with ``value`` for ``params``; ``dtype_of(param dtype)`` is the default dtype.
 
-    Uses the storage's optional ``zeros(value, default_dtype)`` (the record of an
-    all-zero ``value``, built without encoding it: XLA would otherwise constant-fold
-    the encoder over whole zero leaves at compile time, minutes for large ones).
+    For a zero moment it uses the storage's optional ``zeros(value, default_dtype)``
+    (the record of an all-zero ``value``, built without encoding it: XLA would otherwise
+    constant-fold the encoder over whole zero leaves at compile time, minutes for large
+    ones); any other ``value`` (Adagrad's initial accumulator) is encoded, rounding to nearest.
     """
     leaves, treedef = jax.tree.flatten(params)
-    make = getattr(storage, "zeros", storage.encode)
-    records = [make(jnp.zeros_like(p, compute_dtype(dtype_of(p.dtype))), dtype_of(p.dtype)) for p in leaves]
+    make = getattr(storage, "zeros", storage.encode) if value == 0 else storage.encode
+    records = [make(jnp.full_like(p, value, compute_dtype(dtype_of(p.dtype))), dtype_of(p.dtype)) for p in leaves]
     return stored_form(storage, records, treedef)
+
+
+def check_keeps_elements(storage: Any, argument: str, spec: Any, stage: str, moment: str) -> None:
+    """Raises ValueError unless ``storage`` keeps each element (a running maximum cannot use a model)."""
+    if not getattr(storage, "exact_moment", True):
+        raise ValueError(
+            f"{stage}({argument}={spec!r}) is invalid: {moment} needs a storage that keeps each element "
+            '(a float dtype or "int8"), not a model of the moment such as "factored".'
+        )
 
 
 def map_stored(storage: Any, fn, tree: Any, stored: Any, count: jax.Array, stream: int, *rest: Any):
