@@ -26,7 +26,10 @@ elsewhere): ``needs_key`` [False]; ``elementwise`` [True] -- encoding a
 concatenation of leaves is as valid as encoding each leaf, so ``fused`` may run
 it on flat buffers; ``exact_moment`` [True] -- the stage hands on the moment it
 computed and only the next step sees the stored form (False: the storage
-*models* the moment, and the stage hands on ``decode(encode(value))``).
+*models* the moment, and the stage hands on ``decode(encode(value))``);
+``record`` [None] -- the NamedTuple type ``encode`` returns when it keeps
+several arrays per leaf: the state then holds that NamedTuple of
+parameter-shaped trees (see :func:`stored_form`).
 
 The choices users spell as ``mu_dtype`` / ``nu_dtype``:
 
