@@ -304,3 +304,14 @@ def test_storages_compare_by_value():
     assert adamfx.adam(mu_dtype=jnp.bfloat16) == adamfx.adam(mu_dtype="bfloat16")
     assert adamfx.adam(mu_dtype=jnp.bfloat16) != adamfx.adam(mu_dtype=adamfx.FloatStorage(jnp.bfloat16, seed=1))
     assert hash(adamfx.adam(nu_dtype="int8")) == hash(adamfx.adam(nu_dtype="int8"))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_complex_parameters_keep_complex_moments(dtype):
+    params = {"z": jnp.full((3,), 1 + 2j, jnp.complex64)}
+    tx = adamfx.adam(0.1, mu_dtype=dtype, nu_dtype=dtype)
+    state = tx.init(params)
+    grads = {"z": jnp.full((3,), 0.5 - 1j, jnp.complex64)}
+    _, state = tx.update(grads, state, params)
+    assert state[0].mu["z"].dtype == jnp.complex64 and state[0].nu["z"].dtype == dtype
+    np.testing.assert_allclose(np.asarray(state[0].mu["z"]), 0.1 * (0.5 - 1j), rtol=1e-6)

@@ -26,7 +26,10 @@ elsewhere): ``needs_key`` [False]; ``elementwise`` [True] -- encoding a
 concatenation of leaves is as valid as encoding each leaf, so ``fused`` may run
 it on flat buffers; ``exact_moment`` [True] -- the stage hands on the moment it
 computed and only the next step sees the stored form (False: the storage
-*models* the moment, and the stage hands on ``decode(encode(value))``).
+*models* the moment, and the stage hands on ``decode(encode(value))``);
+``record`` [None] -- the NamedTuple type ``encode`` returns when it keeps
+several arrays per leaf: the state then holds that NamedTuple of
+parameter-shaped trees (see :func:`stored_form`).
 
 The choices users spell as ``mu_dtype`` / ``nu_dtype``:
 
@@ -69,6 +72,9 @@ class FloatStorage:
     ``"nearest"`` is the ordinary cast (what optax's ``mu_dtype`` does).
     ``seed`` seeds the rounding (mixed with the step count and the leaf).
 
+    A real ``dtype`` keeps a complex moment as the matching complex dtype
+    (complex64 for bfloat16, float16 and float32).
+
     Prefer bfloat16 (float32's exponent range) to float16 for the second
     moment: ``v ~ g^2`` of gradients below ~1e-2 falls under float16's normal
     range (6e-5), and below 6e-8 it flushes to zero.
@@ -97,6 +103,8 @@ class FloatStorage:
 
     def encode(self, value: jax.Array, default_dtype, key=None) -> jax.Array:
         dtype = jnp.dtype(self.dtype if self.dtype is not None else default_dtype)
+        if jnp.iscomplexobj(value) and not jnp.issubdtype(dtype, jnp.complexfloating):
+            dtype = jnp.promote_types(dtype, jnp.complex64)  # a complex moment keeps its imaginary part
         narrower = jnp.promote_types(dtype, value.dtype) != dtype
         if key is None or not self.needs_key or not narrower:
             return value.astype(dtype)
