@@ -153,3 +153,11 @@ def test_gradients_of_another_structure_are_rejected():
     state = tx.init(PARAMS)
     with pytest.raises(ValueError, match="do not match"):
         tx.update({"w": PARAMS["w"]}, state, PARAMS)
+
+
+def test_centered_rmsprop_rejects_quantised_moments():
+    """v - |m|^2 of two 8-bit moments cancels to noise and the step diverges: refused with the reason."""
+    with pytest.raises(ValueError, match="centered variance"):
+        adamfx.rmsprop(1e-2, centered=True, mu_dtype="int8")
+    with pytest.raises(ValueError, match="centered variance"):
+        adamfx.rmsprop(1e-2, centered=True, nu_dtype="factored")

@@ -103,7 +103,9 @@ class Center(Stage):
         moments = require_moments(moments, "center")
         if moments.mu is None:
             raise ValueError("center needs the first moment: build scale_by_moments with b1 (RMSprop: b1 = rho).")
-        nu = jax.tree.map(lambda v, m: v - abs_sq(m), moments.nu, moments.mu)
+        # v >= |m|^2 holds exactly for two EMAs of one rate (Jensen); rounding of narrow
+        # storage (int8, bf16) can break it by an ulp, and sqrt of a negative is NaN.
+        nu = jax.tree.map(lambda v, m: jnp.maximum(v - abs_sq(m), 0), moments.nu, moments.mu)
         return moments._replace(mu=None, nu=nu), state
 
 

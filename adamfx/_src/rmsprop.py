@@ -91,6 +91,12 @@ def rmsprop(
     conv = compose.lookup(RMSPROP_CONVENTIONS, convention)
     rho = compose.pick(rho, conv.rho)
     checks.check_range("rho", rho, 0.0, 1.0)
+    if centered and any(isinstance(spec, str) for spec in (mu_dtype, nu_dtype)):
+        raise ValueError(
+            f"rmsprop(centered=True, mu_dtype={mu_dtype!r}, nu_dtype={nu_dtype!r}) is invalid: the centered "
+            "variance v - |m|^2 cancels catastrophically with 8-bit or factored moments (it diverges); "
+            "use float moments (None, jnp.bfloat16, jnp.float32) with centered=True."
+        )
     moments = scale_by_moments(
         rho if centered else None, rho, mu_dtype=mu_dtype, nu_dtype=nu_dtype, names=("rho", "rho")
     )
