@@ -24,7 +24,8 @@ Run::
     python benchmarks/step_speed.py --quick         # seconds: the smoke test
     python benchmarks/step_speed.py --cases 1x2^28 --peak-gbps 3350 --out $OUT
 
-Writes ``step_speed.json`` and ``step_speed_<mode>.png`` to ``--out``
+Writes ``step_speed.json``, ``step_speed.md`` (a summary table) and
+``step_speed_<mode>.png`` to ``--out``
 (default ``benchmarks/out``).
 """
 
@@ -290,12 +291,28 @@ def main(argv=None):
             print_rows(case_rows, args.peak_gbps)
             rows += case_rows
             harness.write_json(args.out / "step_speed.json", payload)  # after each case: partial runs count
+    summary = pivot(rows)
+    print(summary)
+    (args.out / "step_speed.md").write_text(summary + "\n")
     try:
         plot(rows, args, info)
     except ImportError as error:
         print(f"no PNG: {error}")
     print(f"wrote {args.out / 'step_speed.json'} and step_speed_<mode>.png")
     return payload
+
+
+def pivot(rows) -> str:
+    """A markdown table: one row per (case, mode), one column per contender: ms per step and x optax.adam."""
+    contenders = list(dict.fromkeys(r["contender"] for r in rows))
+    lines = ["| case | mode | " + " | ".join(contenders) + " |", "|---|---|" + "---|" * len(contenders)]
+    for case, mode in dict.fromkeys((r["case"], r["mode"]) for r in rows):
+        cells = {r["contender"]: r for r in rows if r["case"] == case and r["mode"] == mode}
+        fmt = lambda r: f"{r['median_s'] * 1e3:.3g} ms ({r['vs optax.adam']:.2f}x)"  # noqa: E731
+        lines.append(
+            f"| {case} | {mode} | " + " | ".join(fmt(cells[c]) if c in cells else "-" for c in contenders) + " |"
+        )
+    return "\n".join(lines)
 
 
 def plot(rows, args, info):

@@ -46,9 +46,14 @@ def _is_masked(stage: Stage) -> bool:
     return not stage.elementwise and getattr(stage, "mask", None) is not None
 
 
-def _stages(tx: GradientTransformation) -> list[Stage]:
-    """The leaf stages of ``tx`` in chain order; raises for anything ``fused`` cannot run flat."""
-    stage = stage_of(tx)
+def _parts(stage: Stage) -> dict[str, Stage]:
+    """The stages a composite stage is made of (``DecoupledWeightDecay``: its weight decay and rate)."""
+    fields = {field.name: getattr(stage, field.name) for field in dataclasses.fields(stage)}
+    return {name: value for name, value in fields.items() if isinstance(value, Stage)}
+
+
+def _leaf_stages(stage: Stage | None, tx: GradientTransformation) -> list[Stage]:
+    """The leaf stages in chain order; raises for anything ``fused`` cannot run flat."""
     if stage is None:
         raise ValueError(
             f"fused(tx) is invalid: {getattr(tx.init, '__qualname__', type(tx).__name__)} is not an adamfx stage, "
@@ -56,7 +61,9 @@ def _stages(tx: GradientTransformation) -> list[Stage]:
             "Wrap only the adamfx part, e.g. optax.chain(optax.clip_by_global_norm(1.0), adamfx.fused(adamfx.adam()))."
         )
     if isinstance(stage, Chain):
-        return [inner for member in stage.transforms for inner in _stages(member)]
+        return [leaf for member in stage.transforms for leaf in _leaf_stages(stage_of(member), member)]
+    if _parts(stage):
+        return [leaf for part in _parts(stage).values() for leaf in _leaf_stages(part, tx)]
     if not stage.elementwise and not _is_masked(stage):
         raise ValueError(
             f"fused(tx) is invalid: stage {type(stage).__name__} needs per-leaf shapes (it is not elementwise), "
@@ -65,16 +72,22 @@ def _stages(tx: GradientTransformation) -> list[Stage]:
     return [stage]
 
 
-def _with_group_masks(tx: GradientTransformation, layout: Layout, counter) -> GradientTransformation:
-    """``tx`` with its i-th masked stage's mask replaced by ``{group key: label i}``."""
-    stage = stage_of(tx)
+def _stages(tx: GradientTransformation) -> list[Stage]:
+    return _leaf_stages(stage_of(tx), tx)
+
+
+def _with_group_masks(stage: Stage, layout: Layout, counter) -> Stage:
+    """``stage`` with its i-th masked leaf stage's mask replaced by ``{group key: label i}``."""
     if isinstance(stage, Chain):
-        return Chain(tuple(_with_group_masks(member, layout, counter) for member in stage.transforms)).transform()
+        members = tuple(_with_group_masks(stage_of(t), layout, counter).transform() for t in stage.transforms)
+        return Chain(members)
+    if _parts(stage):
+        parts = {name: _with_group_masks(part, layout, counter) for name, part in _parts(stage).items()}
+        return dataclasses.replace(stage, **parts)
     if not _is_masked(stage):
-        return tx
+        return stage
     index = next(counter)
-    group_mask = {key: labels[index] for key, labels in layout.labels}
-    return dataclasses.replace(stage, mask=checks.freeze(group_mask)).transform()
+    return dataclasses.replace(stage, mask=checks.freeze({key: labels[index] for key, labels in layout.labels}))
 
 
 def _mask_labels(stages: list[Stage], params: Any) -> tuple[Any, ...]:
@@ -99,7 +112,9 @@ class Fused(Stage):
     pack_below: int | None
 
     def _grouped(self, layout: Layout) -> GradientTransformation:
-        return _with_group_masks(self.inner, layout, itertools.count())
+        if not any(_is_masked(stage) for stage in _stages(self.inner)):
+            return self.inner
+        return _with_group_masks(stage_of(self.inner), layout, itertools.count()).transform()
 
     def init(self, params):
         layout = Layout.of(params, _mask_labels(_stages(self.inner), params), self.pack_below)
@@ -136,7 +151,15 @@ def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) ->
 
     A per-leaf mask (``weight_decay_mask``) splits the groups by the mask's value.
     ``tx`` must be built from adamfx stages that are elementwise; anything else
-    raises ``ValueError`` here.
+    (a factored second moment, a foreign optax transform) raises ``ValueError`` here.
+
+    Equality holds for moments kept in float dtypes rounded to nearest (the
+    default). A storage that rounds stochastically (``mu_dtype="bfloat16"``) or
+    quantizes by blocks (``"int8"``) works too, but draws its random bits and
+    lays its blocks over the flat buffers instead of each leaf -- and packed small
+    leaves, which the unfused int8 keeps in float32, are quantized as one buffer
+    once the group reaches 4096 elements -- so the results agree only
+    statistically.
 
     When it helps: many small leaves (fewer buffers per jitted call, one loop
     per group instead of one per leaf). ``pack_below=None`` packs every leaf
