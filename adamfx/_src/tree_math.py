@@ -26,17 +26,6 @@ def scalar_like(value: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.asarray(value).astype(real_dtype(x.dtype))
 
 
-def map_pair(fn, tree, *rest):
-    """Maps ``fn`` (which returns a pair) over the leaves of ``tree``; returns two trees.
-
-    ``rest`` may hold whole subtrees where ``tree`` has leaves (stored state).
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    rest_leaves = [treedef.flatten_up_to(other) for other in rest]
-    pairs = [fn(*args) for args in zip(leaves, *rest_leaves, strict=True)]
-    return treedef.unflatten([p[0] for p in pairs]), treedef.unflatten([p[1] for p in pairs])
-
-
 def placeholder() -> jax.Array:
     """Fills a state field that a leaf does not use (size 1: checkpointers reject empty arrays)."""
     return jnp.zeros((1,), jnp.float32)
