@@ -245,6 +245,29 @@ def test_keras_gradient_options(name, dtype):
     check(KERAS_CASES[name], dtype)
 
 
+@pytest.mark.parametrize("steps", [2, 3])
+def test_clipping_after_gradient_accumulation_as_keras(steps):
+    """Keras unscales each micro-batch gradient, averages them, then clips once per real step:
+    ``multi_steps`` around the optimizer (whose chain unscales and clips) is the same."""
+    options = {"clipnorm": 0.5, "loss_scale_factor": 3.0}
+    problem = peers.make_problem(np.float64)
+    keras_kwargs = {"learning_rate": 0.05, "gradient_accumulation_steps": steps, **options}
+    expected = peers.run_keras("Adam", keras_kwargs, problem, 60)
+    tx = adamfx.multi_steps(adamfx.adam(0.05, convention="keras", **options), steps)
+    assert peers.max_abs_diff(peers.run_transform(tx, problem, 60), expected) <= F64_TOLERANCE
+
+
+def test_clipping_with_ema_as_keras():
+    """Keras's EMA averages the params after the clipped step: ``with_ema`` around the clipped optimizer."""
+    options = {"global_clipnorm": 1.0, "loss_scale_factor": 2.0}
+    problem = peers.make_problem(np.float64)
+    keras_kwargs = {"learning_rate": 0.05, "use_ema": True, "ema_momentum": 0.8, "ema_overwrite_frequency": 5}
+    expected = peers.run_keras("Adam", {**keras_kwargs, **options}, problem, 40)
+    tx = adamfx.with_ema(adamfx.adam(0.05, convention="keras", **options), ema_momentum=0.8, ema_overwrite_frequency=5)
+    # p + (ema - p) may differ from ema by one rounding on overwrite steps (as in test_wrappers)
+    np.testing.assert_allclose(peers.run_transform(tx, problem, 40), expected, rtol=1e-13, atol=1e-15)
+
+
 def test_per_leaf_clipnorm_is_not_global():
     """Keras's clipnorm clips each leaf by its own norm: on two leaves it differs from the global clip."""
     grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.3, 0.4])}

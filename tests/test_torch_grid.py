@@ -129,5 +129,7 @@ def test_matches_torch(case_id, dtype):
     problem = peers.make_problem(dtype)
     expected = peers.run_torch(torch_name, kwargs, problem, STEPS, dtype)
     actual = peers.run_transform(ours(torch_name, kwargs), problem, STEPS, dtype)
-    assert np.max(np.abs(expected[-1] - expected[0])) > 0.05, "the problem must move the params"
+    # torch's small learning rates (Adadelta's lr 1e-3) move the params by ~2e-3 in STEPS steps:
+    # still 1e9 times the float64 tolerance
+    assert np.max(np.abs(expected[-1] - expected[0])) > 1e-3, "the problem must move the params"
     peers.assert_matches_peer(actual, expected, dtype, lambda: peers.run_torch(torch_name, kwargs, problem, STEPS))

@@ -65,7 +65,7 @@ def rmsprop(
         b_t = momentum b_{t-1} + d_t,        p_t = p_{t-1} - lr_t b_t (PyTorch)
         b_t = momentum b_{t-1} + lr_t d_t,   p_t = p_{t-1} - b_t      (Keras, optax)
 
-    The chain is ``scale_by_moments(b1=rho if centered, b2=rho) -> [center] ->
+    The chain is ``scale_by_moments(b1=rho if centered, b2=rho) -> [bias_correction] -> [center] ->
     normalize -> [trace] -> lr_decay`` (the trace after ``lr_decay`` for Keras
     and optax, whose buffer holds the learning rate).
 
