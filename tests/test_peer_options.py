@@ -180,6 +180,22 @@ def test_weight_decay_schedule_state_counts_steps():
     assert int(state.count) == 3
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "convention"),
+    [
+        ("sgd", {"momentum": 0.9}, "keras"),  # the decay bypasses the buffer (decoupled_weight_decay)
+        ("adam", {}, "torch"),  # coupled L2 before the moments
+        ("rmsprop", {"momentum": 0.5}, "optax"),
+    ],
+)
+def test_constant_weight_decay_schedule_is_the_number(name, kwargs, convention):
+    """Where no peer takes a schedule, a constant one must still be the number, in every placement."""
+    problem = peers.make_problem(np.float64)
+    number = getattr(adamfx, name)(0.01, weight_decay=0.05, convention=convention, **kwargs)
+    schedule = getattr(adamfx, name)(0.01, weight_decay=lambda count: 0.05, convention=convention, **kwargs)
+    np.testing.assert_array_equal(peers.run_transform(schedule, problem, 20), peers.run_transform(number, problem, 20))
+
+
 def test_option_conflicts_raise():
     with pytest.raises(ValueError, match="momentum_decay"):
         adamfx.nadam(nesterov=False, momentum_decay=4e-3)
