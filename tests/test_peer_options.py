@@ -261,7 +261,7 @@ def test_keras_gradient_options(name, dtype):
     check(KERAS_CASES[name], dtype)
 
 
-@pytest.mark.parametrize("steps", [2, 3])
+@pytest.mark.parametrize("steps", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_clipping_after_gradient_accumulation_as_keras(steps):
     """Keras unscales each micro-batch gradient, averages them, then clips once per real step:
     ``multi_steps`` around the optimizer (whose chain unscales and clips) is the same."""
