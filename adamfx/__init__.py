@@ -16,9 +16,10 @@ flat-buffer execution in ``fused.py`` (fused) and ``flat.py`` (flat_params).
 
 from adamfx._src.adagrad import adagrad
 from adamfx._src.adam import CONVENTIONS, adam, adamw, amsgrad
-from adamfx._src.adamax import adamax
+from adamfx._src.adamax import adamax, adamaxw
 from adamfx._src.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
 from adamfx._src.checkpoint import check_compatible, restore_state
+from adamfx._src.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.corrections import nesterov_momentum, rectify
 from adamfx._src.ema import EmaState, ema_params, with_ema
 from adamfx._src.factored import FactoredStorage
@@ -56,6 +57,7 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "add_decayed_weights",
     "amsgrad",
@@ -65,6 +67,9 @@ __all__ = [
     "center",
     "chain",
     "check_compatible",
+    "clip_by_global_norm",
+    "clip_by_norm_per_leaf",
+    "clip_by_value",
     "decoupled_weight_decay",
     "ema_params",
     "exclude_bias_and_norm",
@@ -80,6 +85,7 @@ __all__ = [
     "multi_steps",
     "nadam",
     "nadamw",
+    "negate",
     "nesterov_momentum",
     "normalize",
     "partition",
@@ -92,6 +98,7 @@ __all__ = [
     "sgd",
     "state_shardings",
     "trace",
+    "unscale_loss",
     "update_rms",
     "with_ema",
 ]

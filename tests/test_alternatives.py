@@ -145,7 +145,7 @@ BAD = [
     ("sgd", {"momentum": -0.1}, "momentum"),
     ("sgd", {"momentum": 1.5}, "momentum"),
     ("sgd", {"momentum": 0.9, "dampening": 2.0}, "dampening"),
-    ("sgd", {"nesterov": True}, "nesterov"),
+    ("sgd", {"nesterov": True, "convention": "torch"}, "nesterov"),  # keras, optax: plain SGD
     ("sgd", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, "nesterov"),
     ("sgd", {"convention": "pytorch"}, "convention"),
     ("sgd", {"weight_decay": -1e-3}, "weight_decay"),

@@ -35,6 +35,11 @@ def adagrad(
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     nu_dtype: Any = None,
 ):
@@ -69,6 +74,7 @@ def adagrad(
       initial_accumulator_value: ``v_0``; ``None`` takes the convention's default.
       eps: ``None`` takes the convention's default.
       weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       nu_dtype: storage of the accumulator (default: the parameter dtype).
 
     >>> import adamfx
@@ -92,4 +98,9 @@ def adagrad(
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )

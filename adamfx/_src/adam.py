@@ -6,6 +6,8 @@ from typing import Any, NamedTuple
 
 from adamfx._src import checks
 from adamfx._src.base import chain
+from adamfx._src.clipping import gradient_stages
+from adamfx._src.corrections import nesterov_momentum
 from adamfx._src.moments import bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages import add_decayed_weights, lr_decay
 
@@ -44,6 +46,14 @@ def adam(
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     amsgrad: bool = False,
+    nesterov: bool = False,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -83,10 +93,28 @@ def adam(
       eps: added to the root of the second moment; ``None`` takes the convention's default.
       eps_root: added inside the root (optax).
       decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
-      weight_decay: coupled L2 or decoupled decay, as the convention says.
+      weight_decay: coupled L2 or decoupled decay, as the convention says; a number or a
+        schedule ``count -> weight_decay`` (optax's ``adamw``: read at the steps taken, from 0).
       weight_decay_mask: pytree of bools (or callable of params) selecting decayed leaves.
       decoupled: override the convention's meaning of ``weight_decay``.
       amsgrad: keep the running maximum of the second moment (Reddi et al., 2018).
+      nesterov: optax's ``adam(nesterov=True)`` (= ``optax.nadam``): the look-ahead
+        ``m^_t = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)`` in place of
+        ``m_t / (1 - b1^t)`` (:func:`adamfx.nesterov_momentum` with constant ``b1``). PyTorch's and
+        Keras's Adam have no such option; every convention gives this same look-ahead (their Nadam,
+        with its momentum schedule, is :func:`adamfx.nadam`).
+      bias_correction_mu, bias_correction_nu: ``False`` leaves that moment uncorrected (optax's
+        ``amsgrad`` options; the AMSGrad paper corrects neither). Under every convention.
+      maximize: ascend the objective (PyTorch's ``maximize``): the gradient is negated first,
+        before a coupled weight decay, so the decay still pulls the weights towards zero.
+      clipnorm: Keras's per-variable clipping, ``g <- g clipnorm / max(||g||, clipnorm)`` for each
+        leaf on its own (:func:`adamfx.clip_by_norm_per_leaf`; *not* a global norm).
+      clipvalue: Keras's ``clipvalue``, ``g <- clip(g, -clipvalue, clipvalue)`` (:func:`adamfx.clip_by_value`).
+      global_clipnorm: Keras's ``global_clipnorm``: one norm over all leaves (:func:`adamfx.clip_by_global_norm`).
+        At most one of the three clippings.
+      loss_scale_factor: Keras's: the gradient is divided by it first (:func:`adamfx.unscale_loss`).
+        These five act on the raw gradient, first in the chain and in Keras's order
+        (``negate -> unscale_loss -> clip``), under every convention; ``None`` turns each off.
       convention: ``"optax"``, ``"torch"`` or ``"keras"``.
       mu_dtype, nu_dtype: how the moments are stored between steps: ``None`` (like the
         parameters), a float dtype such as ``jnp.bfloat16`` (rounded stochastically when
@@ -109,14 +137,28 @@ def adam(
     eps = conv.eps if eps is None else eps
     if decoupled is None:
         decoupled = conv.adam_weight_decay == "decoupled"
+    if nesterov and not (bias_correction_mu and bias_correction_nu):
+        raise ValueError(
+            f"adam(nesterov=True, bias_correction_mu={bias_correction_mu!r}, bias_correction_nu="
+            f"{bias_correction_nu!r}) is invalid: the Nesterov look-ahead corrects both moments."
+        )
     decay_weights = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
     amsgrad_raw = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "raw" else []
     amsgrad_corrected = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "corrected" else []
+    correction = nesterov_momentum(None) if nesterov else bias_correction(mu=bias_correction_mu, nu=bias_correction_nu)
+    gradient = gradient_stages(
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
     return chain(
+        *gradient,
         *([] if decoupled else decay_weights),
         scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         *amsgrad_raw,
-        bias_correction(),
+        correction,
         *amsgrad_corrected,
         normalize(eps, eps_root=eps_root, eps_on=conv.eps_on),
         *(decay_weights if decoupled else []),
@@ -140,7 +182,9 @@ def adamw(
 
     The default ``weight_decay`` is the convention's: 1e-4 for ``"optax"``
     (``optax.adamw``), 1e-2 for ``"torch"`` (``torch.optim.AdamW``), 4e-3 for
-    ``"keras"`` (``keras.optimizers.AdamW``). Other arguments as :func:`adam`.
+    ``"keras"`` (``keras.optimizers.AdamW``). ``weight_decay`` may be a schedule
+    ``count -> weight_decay`` (optax's ``adamw``). ``nesterov=True`` is optax's
+    ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`.
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
@@ -155,7 +199,9 @@ def amsgrad(learning_rate: Any = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: 
 
     PyTorch and Keras max the raw ``v`` and correct afterwards; optax maxes the
     corrected ``v^`` -- the trajectories differ, and ``convention`` picks one.
-    Arguments as :func:`adam`.
+    optax's ``bias_correction_mu=False`` / ``bias_correction_nu=False`` leave that
+    moment uncorrected (both ``False``: the AMSGrad paper's algorithm); they mean
+    the same under every convention. Arguments as :func:`adam`.
 
     >>> import adamfx
     >>> tx = adamfx.amsgrad(1e-3, convention="torch")

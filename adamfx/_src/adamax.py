@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from adamfx._src import compose
+from adamfx._src.adam import CONVENTIONS as ADAM_CONVENTIONS
 from adamfx._src.moment_forms import infinity_norm
 from adamfx._src.moments import bias_correction, scale_by_moments
 
@@ -35,6 +36,11 @@ def adamax(
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -65,6 +71,7 @@ def adamax(
       b2: decay of the running maximum, in [0, 1).
       eps: ``None`` takes the convention's default.
       weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype, nu_dtype: storage of the first moment and of u.
 
     >>> import adamfx
@@ -83,4 +90,36 @@ def adamax(
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
+
+
+def adamaxw(
+    learning_rate: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    weight_decay: Any = None,
+    *,
+    convention: str = "optax",
+    **kwargs: Any,
+):
+    """AdamaxW: :func:`adamax` with decoupled weight decay, ``p -= lr_t (m_t / ((1 - b1^t) u_t) + wd p)``.
+
+    optax's ``adamaxw`` (default ``weight_decay`` 1e-4; a number or a schedule
+    ``count -> weight_decay``). Keras's ``Adamax(weight_decay=...)`` is this
+    decoupled decay already (``adamax(convention="keras")``); PyTorch has no
+    AdamaxW, and ``"torch"`` gives the same decoupled decay with PyTorch's AdamW
+    default 1e-2 (``"keras"``: 4e-3). Other arguments as :func:`adamax`.
+
+    >>> import adamfx
+    >>> tx = adamfx.adamaxw(2e-3, weight_decay=1e-2)
+    """
+    weight_decay = compose.pick(weight_decay, compose.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    return adamax(
+        learning_rate, b1, b2, eps, weight_decay=weight_decay, decoupled=True, convention=convention, **kwargs
     )

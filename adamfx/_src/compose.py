@@ -13,6 +13,7 @@ from typing import Any
 
 from adamfx._src import checks
 from adamfx._src.base import GradientTransformation, chain
+from adamfx._src.clipping import gradient_stages
 from adamfx._src.moments import normalize
 from adamfx._src.momentum import decoupled_weight_decay
 from adamfx._src.stages import add_decayed_weights, lr_decay
@@ -27,6 +28,22 @@ def lookup(table: Mapping[str, Any], convention: str) -> Any:
 def pick(value: Any, default: Any) -> Any:
     """``value`` unless it is ``None`` (the argument was not given), else the convention's ``default``."""
     return default if value is None else value
+
+
+def is_zero(value: Any) -> bool:
+    """``value`` is a concrete number equal to 0 (a traced or array value is not: it keeps its stage)."""
+    number = checks.as_python_scalar(value)
+    return isinstance(number, (int, float)) and number == 0
+
+
+def effective_nesterov(nesterov: bool, momentum: Any, convention: Any) -> bool:
+    """``nesterov`` unless the convention reads Nesterov without momentum as plain SGD (Keras, optax).
+
+    Keras's ``SGD(nesterov=True)`` and optax's ``sgd``/``rmsprop(nesterov=True)`` with
+    momentum 0 take plain steps; PyTorch refuses them (``convention.nesterov_needs_momentum``),
+    and :func:`adamfx.trace` raises there.
+    """
+    return bool(nesterov) and (convention.nesterov_needs_momentum or not is_zero(momentum))
 
 
 def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
@@ -46,8 +63,17 @@ def finish(
     decoupled: bool | None = None,
     momentum: Sequence[GradientTransformation] = (),
     lr_inside: bool = False,
+    maximize: bool = False,
+    loss_scale_factor: Any = None,
+    clipnorm: Any = None,
+    clipvalue: Any = None,
+    global_clipnorm: Any = None,
 ):
-    """The chain ``[coupled L2] core [momentum] [decoupled decay] lr_decay``.
+    """The chain ``gradient [coupled L2] core [momentum] [decoupled decay] lr_decay``.
+
+    ``gradient`` are the stages on the raw gradient that ``maximize``,
+    ``loss_scale_factor`` and the clippings ask for
+    (:func:`adamfx._src.clipping.gradient_stages`); they come first, as in PyTorch and Keras.
 
     ``convention`` is the optimizer's row: its ``learning_rate`` is the default
     learning rate and its ``weight_decay`` ("coupled" or "decoupled") the
@@ -62,6 +88,13 @@ def finish(
     - otherwise a decoupled decay (``p -= lr_t wd p``) sits just before ``lr_decay``.
     """
     learning_rate = pick(learning_rate, convention.learning_rate)
+    gradient = gradient_stages(
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
     decoupled = convention.weight_decay == "decoupled" if decoupled is None else bool(decoupled)
     decayed = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
     if lr_inside and momentum:
@@ -69,4 +102,4 @@ def finish(
         tail = [lr_decay(learning_rate, decay), *momentum, *(bypass if decayed else [])]
     else:
         tail = [*momentum, *(decayed if decoupled else []), lr_decay(learning_rate, decay)]
-    return chain(*([] if decoupled else decayed), *core, *tail)
+    return chain(*gradient, *([] if decoupled else decayed), *core, *tail)

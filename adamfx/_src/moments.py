@@ -83,20 +83,21 @@ class ScaleByMoments(Stage):
     mu_storage: Any
     nu_storage: Any
     names: tuple[str, str] = ("b1", "b2")
+    initial_nu: float = 0.0
 
     @property
     def elementwise(self) -> bool:  # as elementwise as its storages (factored is not)
         return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
 
-    def _stored_zeros(self, params, storage, default_dtype):
-        return None if storage is None else init_stored(storage, params, default_dtype)
+    def _stored_zeros(self, params, storage, default_dtype, value=0.0):
+        return None if storage is None else init_stored(storage, params, default_dtype, value)
 
     def init(self, params):
         rates = {name: rate for name, rate in zip(self.names, (self.b1, self.b2), strict=True) if rate is not None}
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=self._stored_zeros(params, self.mu_storage, lambda d: d),
-            nu=self._stored_zeros(params, self.nu_storage, real_dtype),
+            nu=self._stored_zeros(params, self.nu_storage, real_dtype, self.initial_nu),
             hyperparams=hp.as_arrays(**hp.complements(**rates)),
         )
 
@@ -133,6 +134,7 @@ def scale_by_moments(
     mu_dtype=None,
     nu_dtype=None,
     names: tuple[str, str] = ("b1", "b2"),
+    initial_nu: float = 0.0,
 ):
     """Exponential moving averages of ``g`` and ``|g|^2`` (complex-safe).
 
@@ -145,7 +147,8 @@ def scale_by_moments(
     State: ``count`` (saturating), ``mu``, ``nu``, hyperparameters ``b1``, ``b2``.
     ``names`` renames those two hyperparameters in the state (RMSprop and
     Adadelta call their rate ``rho``); one name for both makes them a single
-    hyperparameter. Used by :func:`adamfx.adam` and its relatives.
+    hyperparameter. ``initial_nu`` is ``v_0`` (optax ``rmsprop``'s ``initial_scale``; ``m_0`` is 0).
+    Used by :func:`adamfx.adam` and its relatives.
     """
     if b1 is None and b2 is None:
         raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
@@ -155,7 +158,8 @@ def scale_by_moments(
         raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
-    return ScaleByMoments(b1, b2, mu_storage, nu_storage, tuple(names)).transform()
+    checks.check_range("initial_nu", initial_nu, 0.0)
+    return ScaleByMoments(b1, b2, mu_storage, nu_storage, tuple(names), initial_nu).transform()
 
 
 def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
@@ -165,6 +169,9 @@ def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class BiasCorrection(Stage):
+    correct_mu: bool = True
+    correct_nu: bool = True
+
     def init(self, params):
         return identity_state()
 
@@ -177,19 +184,23 @@ class BiasCorrection(Stage):
         # same rounding in every fusion (XLA rewrites (m / bc1) / d as m / (bc1 d) in
         # some fusions and not in others, which moved results by a few ulp).
         scale = lambda tree, bc: jax.tree.map(lambda x: x * scalar_like(1 / bc, x), tree)  # noqa: E731
-        mu = None if moments.mu is None else scale(moments.mu, bc1)
-        nu = None if moments.nu is None else scale(moments.nu, bc2)
-        return moments._replace(mu=mu, nu=nu, nu_correction=bc2), state
+        mu = moments.mu if moments.mu is None or not self.correct_mu else scale(moments.mu, bc1)
+        if moments.nu is None or not self.correct_nu:
+            return moments._replace(mu=mu), state
+        return moments._replace(mu=mu, nu=scale(moments.nu, bc2), nu_correction=bc2), state
 
 
-def bias_correction():
+def bias_correction(*, mu: bool = True, nu: bool = True):
     """Divides the moments by ``1 - b^t``: ``m^ = m / (1 - b1^t)``, ``v^ = v / (1 - b2^t)``.
+
+    ``mu=False`` or ``nu=False`` leaves that moment uncorrected (optax's
+    ``amsgrad(bias_correction_mu=, bias_correction_nu=)``; the AMSGrad paper corrects neither).
 
     ``b1``, ``b2`` and ``t`` come from the :class:`Moments` it corrects, so they
     cannot disagree with the moments stage (and ``set_hyperparams(b1=...)``
     changes one place). No state. Used by Adam, AMSGrad, Adamax, RAdam.
     """
-    return BiasCorrection().transform()
+    return BiasCorrection(bool(mu), bool(nu)).transform()
 
 
 class NormalizeState(NamedTuple):

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from adamfx._src import compose
 from adamfx._src.adam import CONVENTIONS as ADAM_CONVENTIONS
 from adamfx._src.corrections import nesterov_momentum
-from adamfx._src.moments import normalize, scale_by_moments
+from adamfx._src.moments import bias_correction, normalize, scale_by_moments
 
 
 class NadamConvention(NamedTuple):
@@ -33,11 +33,17 @@ def nadam(
     eps: float | None = None,
     momentum_decay: float | None = None,
     *,
+    nesterov: bool = True,
     eps_root: float = 0.0,
     weight_decay: float = 0.0,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -72,19 +78,28 @@ def nadam(
       b1, b2: decay rates of the first and second moments, in [0, 1).
       eps: added to the root of the corrected second moment; ``None`` takes the convention's.
       momentum_decay: psi of the momentum schedule; ``None`` takes the convention's.
+      nesterov: ``False`` replaces the look-ahead by Adam's ``m_t / (1 - b1^t)``: optax's
+        ``nadam(nesterov=False)``, which is ``optax.adam`` (every convention; no ``momentum_decay`` then).
       eps_root: added inside the root (optax).
       weight_decay: coupled L2 or decoupled (PyTorch's ``decoupled_weight_decay``), as the convention says.
       weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype).
 
     >>> import adamfx
     >>> tx = adamfx.nadam(2e-3, convention="torch")
     """
     conv = compose.lookup(NADAM_CONVENTIONS, convention)
+    if not nesterov and momentum_decay is not None:
+        raise ValueError(
+            f"nadam(nesterov=False, momentum_decay={momentum_decay!r}) is invalid: without the look-ahead "
+            "there is no momentum schedule; drop momentum_decay."
+        )
+    look_ahead = nesterov_momentum(compose.pick(momentum_decay, conv.momentum_decay)) if nesterov else bias_correction()
     return compose.finish(
         [
             scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            nesterov_momentum(compose.pick(momentum_decay, conv.momentum_decay)),
+            look_ahead,
             normalize(compose.pick(eps, conv.eps), eps_root=eps_root),
         ],
         conv,
@@ -93,6 +108,11 @@ def nadam(
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )
 
 
@@ -111,7 +131,8 @@ def nadamw(
     optax's ``nadamw`` (default ``weight_decay`` 1e-4); PyTorch's
     ``NAdam(decoupled_weight_decay=True)`` and Keras's ``Nadam(weight_decay=...)``,
     which have no default decay of their own, take their AdamW's (1e-2, 4e-3).
-    Other arguments as :func:`nadam`.
+    ``weight_decay`` may be a schedule ``count -> weight_decay`` (as in optax).
+    Other arguments as :func:`nadam` (``nesterov=False`` is optax's ``nadamw(nesterov=False)``, i.e. ``adamw``).
 
     >>> import adamfx
     >>> tx = adamfx.nadamw(1e-3, weight_decay=1e-2, convention="torch")

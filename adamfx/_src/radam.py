@@ -40,6 +40,11 @@ def radam(
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -81,6 +86,7 @@ def radam(
       nesterov: optax's Nesterov look-ahead on the first moment.
       weight_decay: coupled L2 or decoupled (PyTorch's ``decoupled_weight_decay``), as the convention says.
       weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype).
 
     >>> import adamfx
@@ -100,4 +106,9 @@ def radam(
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )

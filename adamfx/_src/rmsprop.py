@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from adamfx._src import checks, compose
 from adamfx._src.moment_forms import center, update_rms
+from adamfx._src.moments import bias_correction as correct_moments
 from adamfx._src.moments import scale_by_moments
 from adamfx._src.momentum import trace
 
@@ -19,12 +20,13 @@ class RmspropConvention(NamedTuple):
     eps_in_root: bool  # sqrt(v + eps) (Keras, optax) or sqrt(v) + eps (PyTorch)
     lr_inside: bool  # the momentum buffer holds -lr_t g / sqrt(v) (Keras, optax)
     weight_decay: str  # "coupled" L2 or "decoupled"
+    nesterov_needs_momentum: bool  # nesterov=True with momentum 0 is an error, else plain RMSprop (optax)
 
 
 RMSPROP_CONVENTIONS = {
-    "optax": RmspropConvention(1e-2, 0.9, 1e-8, True, True, "coupled"),  # no default lr in optax: PyTorch's
-    "torch": RmspropConvention(1e-2, 0.99, 1e-8, False, False, "coupled"),
-    "keras": RmspropConvention(1e-3, 0.9, 1e-7, True, True, "decoupled"),
+    "optax": RmspropConvention(1e-2, 0.9, 1e-8, True, True, "coupled", False),  # no default lr in optax: PyTorch's
+    "torch": RmspropConvention(1e-2, 0.99, 1e-8, False, False, "coupled", True),
+    "keras": RmspropConvention(1e-3, 0.9, 1e-7, True, True, "decoupled", False),
 }
 
 
@@ -36,10 +38,18 @@ def rmsprop(
     momentum: float = 0.0,
     nesterov: bool = False,
     *,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool | None = None,
+    bias_correction: bool = False,
     weight_decay: float = 0.0,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -55,7 +65,7 @@ def rmsprop(
         b_t = momentum b_{t-1} + d_t,        p_t = p_{t-1} - lr_t b_t (PyTorch)
         b_t = momentum b_{t-1} + lr_t d_t,   p_t = p_{t-1} - b_t      (Keras, optax)
 
-    The chain is ``scale_by_moments(b1=rho if centered, b2=rho) -> [center] ->
+    The chain is ``scale_by_moments(b1=rho if centered, b2=rho) -> [bias_correction] -> [center] ->
     normalize -> [trace] -> lr_decay`` (the trace after ``lr_decay`` for Keras
     and optax, whose buffer holds the learning rate).
 
@@ -70,8 +80,10 @@ def rmsprop(
     (*) ``optax.rmsprop`` has no default learning rate; adamfx uses PyTorch's.
     ``rho`` is PyTorch's ``alpha`` and optax's ``decay``; here ``decay`` keeps
     its one meaning, the legacy Keras learning-rate decay. ``nesterov`` is
-    optax's (PyTorch and Keras have none). optax's ``initial_scale`` and
-    ``bias_correction`` options are not offered. ``rho`` is one hyperparameter
+    optax's (PyTorch and Keras have none): with momentum 0 it is plain RMSprop
+    under ``"optax"`` and ``"keras"`` (optax's rule) and a ``ValueError`` under
+    ``"torch"``. optax's ``initial_scale``, ``eps_in_sqrt`` and ``bias_correction``
+    mean the same under every convention. ``rho`` is one hyperparameter
     in the state (``set_hyperparams(rho=...)``), shared by both moments.
 
     Args:
@@ -81,7 +93,13 @@ def rmsprop(
       centered: divide by the root of the gradient's variance instead of its second moment.
       momentum: rate of the momentum buffer in [0, 1]; 0 keeps no buffer.
       nesterov: Nesterov momentum on that buffer.
+      initial_scale: ``v_0`` (optax's ``initial_scale``; the centered ``m_0`` stays 0).
+      eps_in_sqrt: ``True``: ``sqrt(s_t + eps)``, ``False``: ``sqrt(s_t) + eps`` (optax's option;
+        PyTorch is ``False``); ``None`` takes the convention's placement.
+      bias_correction: divide ``v_t`` (and the centered ``m_t``) by ``1 - rho^t`` before use
+        (optax's option; :func:`adamfx.bias_correction`).
       weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype: storage of the gradient average (centered) and the momentum buffer.
       nu_dtype: storage of the second moment.
 
@@ -98,12 +116,19 @@ def rmsprop(
             "use float moments (None, jnp.bfloat16, jnp.float32) with centered=True."
         )
     moments = scale_by_moments(
-        rho if centered else None, rho, mu_dtype=mu_dtype, nu_dtype=nu_dtype, names=("rho", "rho")
+        rho if centered else None,
+        rho,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        names=("rho", "rho"),
+        initial_nu=initial_scale,
     )
+    nesterov = compose.effective_nesterov(nesterov, momentum, conv)
     buffer = [trace(momentum, 0.0, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
-    root = compose.normalize_eps(compose.pick(eps, conv.eps), conv.eps_in_root)
+    root = compose.normalize_eps(compose.pick(eps, conv.eps), compose.pick(eps_in_sqrt, conv.eps_in_root))
+    corrected = [correct_moments()] if bias_correction else []
     return compose.finish(
-        [moments, *([center()] if centered else []), root],
+        [moments, *corrected, *([center()] if centered else []), root],
         conv,
         learning_rate=learning_rate,
         decay=decay,
@@ -112,6 +137,11 @@ def rmsprop(
         decoupled=decoupled,
         momentum=buffer,
         lr_inside=conv.lr_inside,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )
 
 
@@ -140,6 +170,11 @@ def adadelta(
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     nu_dtype: Any = None,
 ):
@@ -172,7 +207,9 @@ def adadelta(
       learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
       rho: rate of both moving averages, in [0, 1); ``None`` takes the convention's.
       eps: inside both roots; ``None`` takes the convention's default.
-      weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`
+        (``weight_decay`` may be a schedule, as in optax's ``adadelta``).
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       nu_dtype: storage of both averages.
 
     >>> import adamfx
@@ -193,4 +230,9 @@ def adadelta(
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )

@@ -14,12 +14,13 @@ class SgdConvention(NamedTuple):
     learning_rate: float  # default learning rate
     lr_inside: bool  # the momentum buffer holds -lr_t g (Keras) instead of g
     weight_decay: str  # meaning of weight_decay: "coupled" L2 or "decoupled"
+    nesterov_needs_momentum: bool  # nesterov=True with momentum 0 is an error (PyTorch), else plain SGD
 
 
 SGD_CONVENTIONS = {
-    "optax": SgdConvention(1e-3, False, "coupled"),  # optax.sgd has no default lr: PyTorch's
-    "torch": SgdConvention(1e-3, False, "coupled"),
-    "keras": SgdConvention(1e-2, True, "decoupled"),
+    "optax": SgdConvention(1e-3, False, "coupled", False),  # optax.sgd has no default lr: PyTorch's
+    "torch": SgdConvention(1e-3, False, "coupled", True),
+    "keras": SgdConvention(1e-2, True, "decoupled", False),
 }
 
 
@@ -33,6 +34,11 @@ def sgd(
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
 ):
@@ -50,13 +56,13 @@ def sgd(
     ``p_t = p_{t-1} + b_t``; the same trajectory while the learning rate is
     constant, a different one under a schedule or ``decay``).
 
-    ==========  ========  ================  ======================================
-    convention  lr        lr in the buffer  weight_decay
-    ==========  ========  ================  ======================================
-    "optax"     1e-3 (*)  no                coupled L2 (``optax.add_decayed_weights`` first)
-    "torch"     1e-3      no                coupled L2 (``torch.optim.SGD``)
-    "keras"     1e-2      yes               decoupled ``p -= lr_t wd p``, outside the buffer
-    ==========  ========  ================  ======================================
+    ==========  ========  ================  ================================================  =====================
+    convention  lr        lr in the buffer  weight_decay                                      nesterov, momentum 0
+    ==========  ========  ================  ================================================  =====================
+    "optax"     1e-3 (*)  no                coupled L2 (``optax.add_decayed_weights`` first)  plain SGD (as optax)
+    "torch"     1e-3      no                coupled L2 (``torch.optim.SGD``)                  ValueError (as torch)
+    "keras"     1e-2      yes               decoupled ``p -= lr_t wd p``, outside the buffer  plain SGD (as Keras)
+    ==========  ========  ================  ================================================  =====================
 
     (*) ``optax.sgd`` has no default learning rate; adamfx uses PyTorch's.
     ``dampening`` is PyTorch's (optax and Keras have none; with the default 0
@@ -66,11 +72,20 @@ def sgd(
       learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
       momentum: the buffer's decay rate in [0, 1]; 0 keeps no buffer.
       dampening: the buffer takes ``(1 - dampening) g_t`` after the first step.
-      nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
-      weight_decay: coupled L2 or decoupled decay, as the convention says.
+      nesterov: Nesterov momentum (needs ``dampening == 0``; with ``momentum == 0`` it is plain
+        SGD under ``"keras"`` and ``"optax"``, as there, and a ``ValueError`` under ``"torch"``, as there).
+      weight_decay: coupled L2 or decoupled decay, as the convention says; a number or a schedule
+        ``count -> weight_decay``.
       weight_decay_mask: pytree of bools (or callable of params) selecting decayed leaves.
       decoupled: override the convention's meaning of ``weight_decay``.
       decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
+      maximize: ascend (PyTorch's ``maximize``): the gradient is negated first, before weight decay.
+      clipnorm, clipvalue, global_clipnorm: Keras's gradient clipping (at most one): each leaf by its
+        own norm (:func:`adamfx.clip_by_norm_per_leaf`), elementwise (:func:`adamfx.clip_by_value`), all
+        leaves by their global norm (:func:`adamfx.clip_by_global_norm`).
+      loss_scale_factor: Keras's: the gradient is divided by it first (:func:`adamfx.unscale_loss`).
+        These five act on the raw gradient, first in the chain in Keras's order (negate, unscale,
+        clip), under every convention; ``None`` turns each off.
       convention: ``"optax"``, ``"torch"`` or ``"keras"``.
       mu_dtype: storage of the momentum buffer (default: the parameter dtype).
 
@@ -82,6 +97,7 @@ def sgd(
     Array([0.9, 0.9], dtype=float32)
     """
     conv = compose.lookup(SGD_CONVENTIONS, convention)
+    nesterov = compose.effective_nesterov(nesterov, momentum, conv)
     buffer = [trace(momentum, dampening, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
     return compose.finish(
         [],
@@ -93,4 +109,9 @@ def sgd(
         decoupled=decoupled,
         momentum=buffer,
         lr_inside=conv.lr_inside,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
     )

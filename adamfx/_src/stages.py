@@ -70,6 +70,11 @@ class WeightDecayState(NamedTuple):
     hyperparams: dict  # weight_decay
 
 
+class WeightDecayScheduleState(NamedTuple):
+    count: jax.Array  # steps taken: the schedule is read at t - 1 during step t, as optax does
+    hyperparams: dict  # none: a schedule is not a number in the state
+
+
 @dataclasses.dataclass(frozen=True)
 class AddDecayedWeights(Stage):
     weight_decay: float
@@ -86,12 +91,18 @@ class AddDecayedWeights(Stage):
 
     def init(self, params):
         self._mask(params)  # reject a mask that does not fit the params now, not mid-training
+        if callable(self.weight_decay):
+            return WeightDecayScheduleState(jnp.zeros([], jnp.int32), {})
         return WeightDecayState(hp.as_arrays(weight_decay=self.weight_decay))
 
     def update(self, updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("weight decay needs the params: call update(updates, state, params).")
-        weight_decay = state.hyperparams["weight_decay"]
+        if callable(self.weight_decay):
+            weight_decay = jnp.asarray(self.weight_decay(state.count), dtype=float)
+            state = state._replace(count=optax.safe_increment(state.count))
+        else:
+            weight_decay = state.hyperparams["weight_decay"]
 
         def leaf(u, p, decayed):
             if isinstance(decayed, (bool, np.bool_)) and not decayed:
@@ -111,9 +122,12 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None):
     - just before :func:`lr_decay`: decoupled, ``p -= lr_t wd p`` (AdamW: Loshchilov
       & Hutter, 2019; PyTorch ``AdamW``, Keras, optax ``adamw``).
 
-    ``mask`` is a pytree of bools shaped like the params, or a callable
-    ``params -> mask``; a mask whose structure does not match raises ``ValueError``
-    at ``init``. State: hyperparameter ``weight_decay``.
+    ``weight_decay`` is a number or a schedule ``count -> weight_decay`` (as in
+    optax: read at the number of steps taken, from 0). ``mask`` is a pytree of
+    bools shaped like the params, or a callable ``params -> mask``; a mask whose
+    structure does not match raises ``ValueError`` at ``init``. State:
+    hyperparameter ``weight_decay`` (a number), or the step ``count`` (a schedule).
     """
-    checks.check_range("weight_decay", weight_decay, 0.0)
+    if not callable(weight_decay):
+        checks.check_range("weight_decay", weight_decay, 0.0)
     return AddDecayedWeights(weight_decay, checks.freeze(mask)).transform()
