@@ -304,3 +304,14 @@ def test_fused_donated_step_keeps_the_shardings_and_equals_the_single_device_unf
         x, y = np.asarray(x), np.asarray(y)
         bound = len(grads_list) * (np.spacing(np.abs(y)) + 1e-2 * np.finfo(np.float32).eps)
         assert np.all(np.abs(x - y) <= bound)
+
+
+def test_a_packed_fused_buffer_takes_the_most_shards_that_divide_it():
+    mesh = make_mesh()  # data 2 x model 4
+    params = {"a": jax.device_put(jnp.zeros(5), NamedSharding(mesh, P())), "b": jnp.zeros(7)}
+    params["b"] = jax.device_put(params["b"], NamedSharding(mesh, P()))
+    specs = jax.tree.map(lambda s: s.spec, adamfx.state_shardings(adamfx.fused(adamfx.adam()), params))
+    assert specs.inner[0].mu == {"float32": P(("model",))}  # 12 elements: 4 shards of 3 (not 2 of 6, nor 8)
+    eight = {"a": jax.device_put(jnp.zeros(16), NamedSharding(mesh, P("model")))}
+    specs = jax.tree.map(lambda s: s.spec, adamfx.state_shardings(adamfx.fused(adamfx.adam()), eight))
+    assert specs.inner[0].mu == {"float32": P(("data", "model"))}

@@ -10,9 +10,11 @@ hyperparameters). :func:`state_shardings` gives each state leaf a
 - every other leaf (scalars, quantisation scales) is replicated;
 - in a :func:`adamfx.fused` state, a buffer kept whole matches its parameter by
   its group key (the parameter's key path), and a packed buffer of small
-  leaves -- which mixes leaves placed differently -- is split across every mesh
-  axis (in mesh order) whose size still divides it, so it costs each device
-  less than its leaves' unfused state would;
+  leaves -- which mixes leaves placed differently -- is split across the mesh
+  axes that give it the most shards and still divide it, so it costs each
+  device about what (usually less than) its leaves' unfused state would (a
+  fused layout cannot follow the leaves' shardings: with ``Auto`` mesh axes
+  they are not known while ``jit`` traces, and the layout is rebuilt then);
 - with ``zero_axis="data"`` every leaf is further split along that mesh axis on
   its first dimension that is not sharded yet and divides evenly, or else added
   to a dimension that is sharded already when that dimension still divides
@@ -84,14 +86,15 @@ def _param_spec(path: tuple, shape: tuple, entries) -> PartitionSpec | None:
 
 
 def _across_mesh(shape: tuple, mesh) -> PartitionSpec:
-    """A 1-D buffer split across every mesh axis (in mesh order) whose size still divides it."""
+    """A 1-D buffer split across the mesh axes (in mesh order) with the most shards that divide it."""
     if len(shape) != 1:
         return PartitionSpec()
-    axes = []
-    for axis in mesh.axis_names:
-        if shape[0] % (math.prod(mesh.shape[a] for a in axes) * mesh.shape[axis]) == 0:
-            axes.append(axis)
-    return PartitionSpec(tuple(axes)) if axes else PartitionSpec()
+    names = mesh.axis_names
+    subsets = [tuple(a for i, a in enumerate(names) if mask >> i & 1) for mask in range(1, 2 ** len(names))]
+    dividing = [axes for axes in subsets if shape[0] % math.prod(mesh.shape[a] for a in axes) == 0]
+    if not dividing:
+        return PartitionSpec()
+    return PartitionSpec(max(dividing, key=lambda axes: math.prod(mesh.shape[a] for a in axes)))
 
 
 def _axes_of(spec: PartitionSpec) -> set:
