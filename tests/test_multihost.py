@@ -251,5 +251,16 @@ def check_equals_one_process(runs, name):
         assert np.all(difference <= bound), f"{name}: {path} differs by up to {difference.max():.3g}"
 
 
+@pytest.mark.slow
+def test_the_multihost_example_runs_as_two_local_processes():
+    example = Path(__file__).parents[1] / "examples" / "multihost.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(example.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(example), "--steps", "20", "--timeout", str(WORKER_TIMEOUT_S)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S + 30)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "mesh {'data': 2, 'model': 4}" in result.stdout
+    assert "step 10: saved and restored" in result.stdout
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
