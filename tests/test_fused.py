@@ -337,11 +337,13 @@ def test_peak_memory_is_one_packed_gradient():
 
 
 def test_nnx_optimizer():
-    model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
-    reference = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    """The kernel (64 x 80) keeps a buffer of its own, keyed by its path without the Variable's ``.value``."""
+    model = nnx.Linear(64, 80, rngs=nnx.Rngs(0))
+    reference = nnx.Linear(64, 80, rngs=nnx.Rngs(0))
     ours = nnx.Optimizer(model, adamfx.fused(adamfx.adam(1e-2)), wrt=nnx.Param)
     theirs = nnx.Optimizer(reference, adamfx.adam(1e-2), wrt=nnx.Param)
-    x = jnp.ones((2, 4))
+    assert sorted(ours.opt_state.inner[0].mu) == ["['kernel']", "float32"]
+    x = jnp.ones((2, 64))
     for opt, m in [(ours, model), (theirs, reference)]:
         for _ in range(3):
             grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(m)

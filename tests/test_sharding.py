@@ -315,3 +315,21 @@ def test_a_packed_fused_buffer_takes_the_most_shards_that_divide_it():
     eight = {"a": jax.device_put(jnp.zeros(16), NamedSharding(mesh, P("model")))}
     specs = jax.tree.map(lambda s: s.spec, adamfx.state_shardings(adamfx.fused(adamfx.adam()), eight))
     assert specs.inner[0].mu == {"float32": P(("data", "model"))}
+
+
+def test_fused_in_explicit_sharding_mode_keeps_sharded_leaves_whole():
+    """With Explicit axes the types show the shardings: sharded leaves keep their buffers, whatever their size."""
+    mesh = make_mesh(axis_types=AxisType.Explicit)
+    params = place(host_tree(0), mesh)
+    fx = adamfx.fused(adamfx.adam(1e-2))
+    with jax.set_mesh(mesh):
+        state = jax.jit(fx.init)(params)
+        updates, state = jax.jit(fx.update)(params, state, params)
+    mu = state.inner[0].mu
+    assert sorted(mu) == ["['dense']['bias']", "['dense']['kernel']", "['embed']", "float32"]  # float32: norm
+    for key, param in [("['embed']", params["embed"]), ("['dense']['kernel']", params["dense"]["kernel"])]:
+        assert same_sharding(mu[key], param)
+    reference, _ = adamfx.adam(1e-2).update(params, adamfx.adam(1e-2).init(params), params)
+    for x, y in zip(jax.tree.leaves(updates), jax.tree.leaves(reference), strict=True):
+        assert same_sharding(x, y)
+        np.testing.assert_array_max_ulp(np.asarray(x), np.asarray(y), maxulp=1)

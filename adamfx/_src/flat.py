@@ -38,6 +38,15 @@ def leaf_key(path) -> str:
     return key.removesuffix(".value") or key
 
 
+def _visibly_sharded(leaf) -> bool:
+    """Whether ``leaf``'s type (``jax.typeof``: the same at trace time and outside) says it is sharded."""
+    try:
+        spec = jax.typeof(leaf).sharding.spec
+    except (AttributeError, TypeError):
+        return False
+    return any(entry is not None for entry in spec)
+
+
 def group_key(dtype, labels: tuple[bool, ...] = ()) -> str:
     """The name of a packed group: its dtype, then one digit per label (``"float32"``, ``"float32:10"``)."""
     name = jnp.dtype(dtype).name
@@ -70,14 +79,19 @@ class Layout:
 
         Leaves are grouped by dtype; each of ``label_trees`` (a tree of Python
         bools) splits groups further. A leaf of ``pack_below`` elements or more
-        gets a group of its own and keeps its shape (``None``: every leaf is packed).
+        gets a group of its own and keeps its shape (``None``: every leaf is packed), and so
+        does a leaf whose type shows it sharded (``Explicit`` mesh axes): packing it would
+        need a reshard; with ``Auto`` axes the type shows no sharding.
         """
         paths_leaves, treedef = jax.tree.flatten_with_path(tree)
         per_leaf = [treedef.flatten_up_to(labels) for labels in label_trees]
         leaf_labels = [tuple(bool(labels[i]) for labels in per_leaf) for i in range(len(paths_leaves))]
         shapes = tuple(tuple(np.shape(leaf)) for _, leaf in paths_leaves)
         dtypes = tuple(jnp.dtype(jnp.result_type(leaf)) for _, leaf in paths_leaves)
-        alone = [pack_below is not None and math.prod(shape) >= pack_below for shape in shapes]
+        alone = [
+            (pack_below is not None and math.prod(shape) >= pack_below) or _visibly_sharded(leaf)
+            for shape, (_, leaf) in zip(shapes, paths_leaves, strict=True)
+        ]
         keys = tuple(
             leaf_key(path) if own else group_key(dtype, labels)
             for (path, _), dtype, labels, own in zip(paths_leaves, dtypes, leaf_labels, alone, strict=True)
