@@ -8,6 +8,9 @@ shards on device 0, the optimizer-state bytes of
 - ``optax.adam`` initialised on the sharded params (its zeros follow the params),
 - ``adamfx.adam`` via ``init_sharded`` (placed like the params),
 - ``adamfx.adam`` via ``init_sharded(zero_axis="data")`` (ZeRO-1),
+- ``adamfx.fused(adamfx.adam)`` both ways: its big leaves keep their own buffers
+  (placed like their params), its packed buffer of norms and biases is split
+  across the mesh; the target is <= 1.05x the unfused state per device,
 
 prints a table with the ratios, and writes ``benchmarks/out/zero_memory.{json,png}``.
 
@@ -74,6 +77,8 @@ def measure(data):
         "optax.adam": on_device(optax.adam(1e-3).init(params)),
         "adamfx.adam": on_device(adamfx.init_sharded(adamfx.adam(1e-3), params)),
         "adamfx.adam ZeRO-1": on_device(adamfx.init_sharded(adamfx.adam(1e-3), params, zero_axis="data")),
+        "fused": on_device(adamfx.init_sharded(adamfx.fused(adamfx.adam(1e-3)), params)),
+        "fused ZeRO-1": on_device(adamfx.init_sharded(adamfx.fused(adamfx.adam(1e-3)), params, zero_axis="data")),
     }
 
 
@@ -82,20 +87,26 @@ def main():
     print(f"optimizer-state bytes on device 0 ({platform.processor() or platform.machine()}, 8 simulated devices)")
     header = (
         f"{'mesh data x model':>18} {'params':>10} {'optax.adam':>11} {'adamfx':>10} {'ZeRO-1':>10} {'optax/ZeRO':>11}"
+        f" {'fused':>10} {'fused/adamfx':>13} {'fused ZeRO-1':>13} {'fused/ZeRO-1':>13}"
     )
     print(header)
     for r in rows:
+        r["fused/adamfx"] = r["fused"] / r["adamfx.adam"]
+        r["fused ZeRO-1/ZeRO-1"] = r["fused ZeRO-1"] / r["adamfx.adam ZeRO-1"]
         print(
             f"{r['mesh']:>18} {r['params']:>10,} {r['optax.adam']:>11,} {r['adamfx.adam']:>10,} "
             f"{r['adamfx.adam ZeRO-1']:>10,} {r['optax.adam'] / r['adamfx.adam ZeRO-1']:>10.2f}x"
+            f" {r['fused']:>10,} {r['fused/adamfx']:>12.4f}x"
+            f" {r['fused ZeRO-1']:>13,} {r['fused ZeRO-1/ZeRO-1']:>12.4f}x"
         )
     OUT.mkdir(exist_ok=True)
     (OUT / "zero_memory.json").write_text(json.dumps({"jax": jax.__version__, "rows": rows}, indent=2))
     plt.switch_backend("Agg")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(rows))
-    for offset, key in zip((-0.25, 0, 0.25), ("optax.adam", "adamfx.adam", "adamfx.adam ZeRO-1"), strict=True):
-        ax.bar([i + offset for i in x], [r[key] / 2**20 for r in rows], width=0.25, label=key)
+    keys = ("optax.adam", "adamfx.adam", "adamfx.adam ZeRO-1", "fused", "fused ZeRO-1")
+    for offset, key in zip((-0.32, -0.16, 0, 0.16, 0.32), keys, strict=True):
+        ax.bar([i + offset for i in x], [r[key] / 2**20 for r in rows], width=0.16, label=key)
     ax.set_xticks(list(x), [r["mesh"] for r in rows])
     ax.set_xlabel("mesh (data x model)")
     ax.set_ylabel("optimizer state per device (MiB)")

@@ -68,6 +68,11 @@ OPTIMIZERS = {
     "amsgrad-bf16-moments": lambda: adamfx.amsgrad(1e-2, convention="torch", mu_dtype=jnp.bfloat16),
     "finite-accumulate-ema": lambda: adamfx.apply_if_finite(adamfx.multi_steps(adamfx.with_ema(adamfx.adam(1e-2)), 2)),
     "groups": lambda: adamfx.partition({"body": adamfx.adamw(1e-2), "head": adamfx.adam(3e-2)}, labels),
+    # the kernel (32 elements) keeps a buffer of its own; bias and out are packed (and masked)
+    "fused-adamw": lambda: adamfx.fused(
+        adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm), pack_below=16
+    ),
+    "fused-accumulate": lambda: adamfx.multi_steps(adamfx.fused(adamfx.amsgrad(1e-2, convention="torch")), 2),
 }
 
 
@@ -201,3 +206,30 @@ def test_same_configuration_passes_and_restored_hyperparameters_come_from_the_ch
     restored = adamfx.restore_state(adamfx.adam(1e-3), params, raw)
     assert float(adamfx.hyperparams(restored)["b1"]) == pytest.approx(0.8)
     assert float(restored[-1].hyperparams["learning_rate"]) == pytest.approx(5e-4)
+
+
+# -- fused states ----------------------------------------------------------------------------------------
+
+
+def test_fused_state_round_trips_through_flax_state_dicts():
+    tx = OPTIMIZERS["fused-adamw"]()
+    params = init_params()
+    params, state = train(tx, params, tx.init(params), 0, 3)
+    state_dict = serialization.to_state_dict(state)
+    assert sorted(state_dict) == ["inner"]
+    assert sorted(state_dict["inner"]["0"]["mu"]) == ["['dense']['kernel']", "float32:0"]
+    assert_bitwise_equal(serialization.from_state_dict(tx.init(init_params(seed=1)), state_dict), state)
+    assert_bitwise_equal(serialization.from_bytes(tx.init(params), serialization.to_bytes(state)), state)
+
+
+def test_a_fused_checkpoint_is_told_apart_from_an_unfused_one():
+    params = init_params()
+    fused = OPTIMIZERS["fused-adamw"]()
+    unfused = adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm)
+    with pytest.raises(ValueError, match="missing from the checkpoint: inner/0/count"):
+        adamfx.check_compatible(fused, params, checkpoint_of(unfused, params))
+    repacked = adamfx.fused(unfused, pack_below=None)  # every leaf packed: the decayed kernel in "float32:1"
+    with pytest.raises(ValueError) as error:
+        adamfx.check_compatible(repacked, params, checkpoint_of(fused, params))
+    assert "missing from the checkpoint: inner/0/mu/float32:1" in str(error.value)
+    assert "this optimizer does not have: inner/0/mu/['dense']['kernel']" in str(error.value)

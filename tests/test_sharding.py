@@ -142,7 +142,8 @@ def test_zero1_shards_the_state_along_data_even_where_params_are_replicated():
     mu_specs = jax.tree.map(lambda s: s.spec, shardings[0].mu)
     assert mu_specs == {
         "embed": P("data", "model"),  # replicated on data in the params
-        "dense": {"kernel": P("data", "model"), "bias": P("model")},  # already on data / (8,) is on model
+        # kernel: already on data; bias (8,): on model (2), and 8 = 2 x 4 also splits it along data
+        "dense": {"kernel": P("data", "model"), "bias": P(("model", "data"))},
         "norm": P(),  # 6 does not divide by 4: stays replicated
     }
     assert shardings[0].count.spec == P()
@@ -168,7 +169,7 @@ def test_zero1_saves_memory_per_device_and_gives_the_same_results():
     zero = adamfx.bytes_per_device(results["data"][1])[device]
     # Independent count: bytes of mu and nu per device, each leaf divided by its number of shards.
     moments_plain = 2 * 4 * (16 * 32 // 2 + 32 * 8 // 8 + 8 // 2 + 6)
-    moments_zero = 2 * 4 * (16 * 32 // 8 + 32 * 8 // 8 + 8 // 2 + 6)
+    moments_zero = 2 * 4 * (16 * 32 // 8 + 32 * 8 // 8 + 8 // 8 + 6)
     scalars = plain - moments_plain
     assert zero - scalars == moments_zero
     assert plain / zero > 2.5  # embed's moments (most of the state) are split 4 ways more
@@ -185,7 +186,7 @@ def test_state_shardings_through_parameter_groups():
     state = adamfx.init_sharded(tx, params, zero_axis="data")
     mu_b = state.inner_states["b"].inner_state[0].mu
     assert mu_b["dense"]["kernel"].sharding.spec == P("data", "model")
-    assert mu_b["dense"]["bias"].sharding.spec == P("model")
+    assert mu_b["dense"]["bias"].sharding.spec == P(("model", "data"))
     mu_a = state.inner_states["a"].inner_state[0].mu
     assert mu_a["embed"].sharding.spec == P("data", "model")
 
@@ -204,3 +205,131 @@ def test_errors_name_the_problem():
         adamfx.state_shardings(adamfx.adam(), {"w": jnp.zeros(4)})
     with pytest.raises(ValueError, match="zero_axis"):
         adamfx.state_shardings(adamfx.adam(), place(host_tree(0), mesh), zero_axis="batch")
+
+
+def test_zero1_splits_a_sharded_vector_along_data_only_when_its_shards_divide():
+    mesh = make_mesh()  # data 2 x model 4
+    params = {
+        "v": jax.device_put(jnp.zeros(16), NamedSharding(mesh, P("model"))),  # 16 = 4 x 2 x 2
+        "odd": jax.device_put(jnp.zeros(12), NamedSharding(mesh, P("model"))),  # 12 / 4 = 3: not along data
+        "free": jax.device_put(jnp.zeros((4, 6)), NamedSharding(mesh, P("model"))),  # a free dimension first
+    }
+    specs = jax.tree.map(lambda s: s.spec, adamfx.state_shardings(adamfx.adam(), params, zero_axis="data")[0].mu)
+    assert specs == {"v": P(("model", "data")), "odd": P("model"), "free": P("model", "data")}
+    state = adamfx.init_sharded(adamfx.adam(), params, zero_axis="data")
+    assert {shard.data.shape for shard in state[0].mu["v"].addressable_shards} == {(2,)}
+
+
+# -- fused(tx): buffers placed like the params they pack ------------------------------------------------
+
+# embed (512 elements) and kernel (256) keep a buffer of their own; bias and norm are packed (14 elements).
+FUSED_PACK_BELOW = 256
+FUSED = {
+    "adam": lambda: adamfx.fused(adamfx.adam(1e-2), pack_below=FUSED_PACK_BELOW),
+    "adamw-masked": lambda: adamfx.fused(
+        adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm),
+        pack_below=FUSED_PACK_BELOW,
+    ),
+}
+
+
+def moment_elements_per_device(state):
+    """Elements of every non-scalar leaf on device 0, from the shards (scalars are counted apart)."""
+    device = jax.devices()[0]
+    leaves = [leaf for leaf in jax.tree.leaves(state) if leaf.ndim]
+    return sum(shard.data.size for leaf in leaves for shard in leaf.addressable_shards if shard.device == device)
+
+
+@pytest.mark.parametrize("zero_axis", [None, "data"])
+def test_fused_state_per_device_is_no_more_than_the_unfused_state(zero_axis):
+    mesh = make_mesh()  # data 2 x model 4
+    params = place(host_tree(0), mesh)
+    fx, tx = FUSED["adam"](), adamfx.adam(1e-2)
+    fused_state = adamfx.init_sharded(fx, params, zero_axis=zero_axis)
+    state = adamfx.init_sharded(tx, params, zero_axis=zero_axis)
+    mu = fused_state.inner[0].mu
+    assert sorted(mu) == ["['dense']['kernel']", "['embed']", "float32"]
+    # Independent count, per moment and device: each buffer divided by its number of shards.
+    if zero_axis is None:
+        # embed P(None, model), kernel P(data, model), packed bias + norm (14) split along data (2)
+        assert specs_of(mu) == {"['embed']": P(None, "model"), "['dense']['kernel']": SPECS["dense"]["kernel"]} | {
+            "float32": P(("data",))
+        }
+        fused_elements, unfused_elements = 512 // 4 + 256 // 8 + 14 // 2, 512 // 4 + 256 // 8 + 8 // 4 + 6
+    else:
+        # embed gains data; unfused, bias (8,) becomes P((model, data)) and norm (6,) P(data); the packed 14
+        # elements were split along data already and do not divide by 8: ZeRO-1 gains them nothing more.
+        assert mu["['embed']"].sharding.spec == P("data", "model")
+        fused_elements, unfused_elements = 512 // 8 + 256 // 8 + 14 // 2, 512 // 8 + 256 // 8 + 8 // 8 + 6 // 2
+    assert moment_elements_per_device(fused_state) == 2 * fused_elements
+    assert moment_elements_per_device(state) == 2 * unfused_elements
+    device = jax.devices()[0]
+    assert adamfx.bytes_per_device(fused_state)[device] <= 1.05 * adamfx.bytes_per_device(state)[device]
+
+
+@pytest.mark.parametrize("name", sorted(FUSED))
+@pytest.mark.parametrize("zero_axis", [None, "data"])
+def test_fused_donated_step_keeps_the_shardings_and_equals_the_single_device_unfused_run(name, zero_axis):
+    import warnings
+
+    mesh = make_mesh()
+    fx = FUSED[name]()
+    tx = fx.init.stage.inner  # the unfused optimizer
+    grads_list = [host_tree(seed) for seed in range(1, 5)]
+    params = place(host_tree(0), mesh)
+    state = adamfx.init_sharded(fx, params, zero_axis=zero_axis)
+    shardings = adamfx.state_shardings(fx, params, zero_axis=zero_axis)
+    param_shardings = jax.tree.map(lambda p: p.sharding, params)
+
+    def step(params, state, grads):
+        updates, state = fx.update(grads, state, params)
+        return jax.lax.with_sharding_constraint(optax.apply_updates(params, updates), param_shardings), state
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Some donated buffers were not usable" would fail here
+        for grads in grads_list:
+            old = jax.tree.leaves(state)[1]
+            params, state = jitted(params, state, place(grads, mesh))
+            assert old.is_deleted()
+    for leaf, expected in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True):
+        assert leaf.sharding.is_equivalent_to(expected, leaf.ndim)  # no out_shardings: XLA kept them
+    assert specs_of(params) == SPECS
+    # Reference: the unfused optimizer on one device. XLA:CPU contracts a multiply-add into an FMA in some
+    # compiled loops and not in others (tests/test_fused.py, FMA_CONTRACTED; here the packed buffer's loop
+    # and ZeRO-1's p + u after the gather), so an update (|u| <= lr, Adam's normalized step) may round once
+    # differently, and the param it is added to then by one ulp: per step at most ulp(p) + lr * eps.
+    reference_params, _ = single_device_run(tx, grads_list)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        bound = len(grads_list) * (np.spacing(np.abs(y)) + 1e-2 * np.finfo(np.float32).eps)
+        assert np.all(np.abs(x - y) <= bound)
+
+
+def test_a_packed_fused_buffer_takes_the_most_shards_that_divide_it():
+    mesh = make_mesh()  # data 2 x model 4
+    params = {"a": jax.device_put(jnp.zeros(5), NamedSharding(mesh, P())), "b": jnp.zeros(7)}
+    params["b"] = jax.device_put(params["b"], NamedSharding(mesh, P()))
+    specs = jax.tree.map(lambda s: s.spec, adamfx.state_shardings(adamfx.fused(adamfx.adam()), params))
+    assert specs.inner[0].mu == {"float32": P(("model",))}  # 12 elements: 4 shards of 3 (not 2 of 6, nor 8)
+    eight = {"a": jax.device_put(jnp.zeros(16), NamedSharding(mesh, P("model")))}
+    specs = jax.tree.map(lambda s: s.spec, adamfx.state_shardings(adamfx.fused(adamfx.adam()), eight))
+    assert specs.inner[0].mu == {"float32": P(("data", "model"))}
+
+
+def test_fused_in_explicit_sharding_mode_keeps_sharded_leaves_whole():
+    """With Explicit axes the types show the shardings: sharded leaves keep their buffers, whatever their size."""
+    mesh = make_mesh(axis_types=AxisType.Explicit)
+    params = place(host_tree(0), mesh)
+    fx = adamfx.fused(adamfx.adam(1e-2))
+    with jax.set_mesh(mesh):
+        state = jax.jit(fx.init)(params)
+        updates, state = jax.jit(fx.update)(params, state, params)
+    mu = state.inner[0].mu
+    assert sorted(mu) == ["['dense']['bias']", "['dense']['kernel']", "['embed']", "float32"]  # float32: norm
+    for key, param in [("['embed']", params["embed"]), ("['dense']['kernel']", params["dense"]["kernel"])]:
+        assert same_sharding(mu[key], param)
+    reference, _ = adamfx.adam(1e-2).update(params, adamfx.adam(1e-2).init(params), params)
+    for x, y in zip(jax.tree.leaves(updates), jax.tree.leaves(reference), strict=True):
+        assert same_sharding(x, y)
+        np.testing.assert_array_max_ulp(np.asarray(x), np.asarray(y), maxulp=1)

@@ -3,9 +3,12 @@
 A :class:`Layout` records how the leaves of a tree are packed into a few flat
 buffers: leaves are grouped by dtype (and, optionally, by extra boolean labels
 such as a weight-decay mask), and each group is the concatenation of its
-raveled leaves in tree order. The layout is plain static data (tree structure,
-shapes, dtypes, group keys), so it hashes and compares by value and can sit in
-an optimizer state without becoming a traced leaf.
+raveled leaves in tree order; a leaf kept whole (one too big to be worth
+packing) is its own group and keeps its shape, so it keeps its sharding too.
+The layout is plain static data (tree structure, shapes, dtypes, group keys), a
+pure function of the tree's structure, shapes and dtypes and of the labels: it
+hashes and compares by value, and it is rebuilt at trace time rather than kept
+in any state.
 
 Used by :func:`adamfx.fused` (optimizer state kept flat) and
 :func:`adamfx.flat_params` (parameters kept flat in a training loop).
@@ -25,6 +28,25 @@ from jax import lax
 from adamfx._src.base import _Method
 
 
+def leaf_key(path) -> str:
+    """The group key of a leaf kept whole: its key path (``"['dense']['kernel']"``).
+
+    A trailing ``.value`` (an ``nnx.Variable`` or a boxed linen param around the array) is
+    dropped, so the wrapped params at ``init`` and the bare gradients at ``update`` agree.
+    """
+    key = jax.tree_util.keystr(tuple(path))
+    return key.removesuffix(".value") or key
+
+
+def _visibly_sharded(leaf) -> bool:
+    """Whether ``leaf``'s type (``jax.typeof``: the same at trace time and outside) says it is sharded."""
+    try:
+        spec = jax.typeof(leaf).sharding.spec
+    except (AttributeError, TypeError):
+        return False
+    return any(entry is not None for entry in spec)
+
+
 def group_key(dtype, labels: tuple[bool, ...] = ()) -> str:
     """The name of a packed group: its dtype, then one digit per label (``"float32"``, ``"float32:10"``)."""
     name = jnp.dtype(dtype).name
@@ -41,6 +63,7 @@ class Layout:
       keys: per leaf, the name of the group it belongs to: its dtype (and labels)
         when packed with others, its path (``"['dense']['kernel']"``) when alone.
       labels: ``(key, labels)`` pairs: the boolean labels behind each group key.
+      whole: the keys of the leaves kept whole (their buffer has the leaf's shape).
     """
 
     treedef: Any
@@ -48,6 +71,7 @@ class Layout:
     dtypes: tuple[Any, ...]
     keys: tuple[str, ...]
     labels: tuple[tuple[str, tuple[bool, ...]], ...]
+    whole: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, tree: Any, label_trees: tuple[Any, ...] = (), pack_below: int | None = None) -> Layout:
@@ -55,20 +79,26 @@ class Layout:
 
         Leaves are grouped by dtype; each of ``label_trees`` (a tree of Python
         bools) splits groups further. A leaf of ``pack_below`` elements or more
-        gets a group of its own (``None``: every leaf is packed).
+        gets a group of its own and keeps its shape (``None``: every leaf is packed), and so
+        does a leaf whose type shows it sharded (``Explicit`` mesh axes): packing it would
+        need a reshard; with ``Auto`` axes the type shows no sharding.
         """
         paths_leaves, treedef = jax.tree.flatten_with_path(tree)
         per_leaf = [treedef.flatten_up_to(labels) for labels in label_trees]
         leaf_labels = [tuple(bool(labels[i]) for labels in per_leaf) for i in range(len(paths_leaves))]
         shapes = tuple(tuple(np.shape(leaf)) for _, leaf in paths_leaves)
         dtypes = tuple(jnp.dtype(jnp.result_type(leaf)) for _, leaf in paths_leaves)
-        alone = [pack_below is not None and math.prod(shape) >= pack_below for shape in shapes]
+        alone = [
+            (pack_below is not None and math.prod(shape) >= pack_below) or _visibly_sharded(leaf)
+            for shape, (_, leaf) in zip(shapes, paths_leaves, strict=True)
+        ]
         keys = tuple(
-            jax.tree_util.keystr(path) if own else group_key(dtype, labels)
+            leaf_key(path) if own else group_key(dtype, labels)
             for (path, _), dtype, labels, own in zip(paths_leaves, dtypes, leaf_labels, alone, strict=True)
         )
         labels = tuple(sorted(dict(zip(keys, leaf_labels, strict=True)).items()))
-        return cls(treedef, shapes, dtypes, keys, labels)
+        whole = tuple(sorted(key for key, own in zip(keys, alone, strict=True) if own))
+        return cls(treedef, shapes, dtypes, keys, labels, whole)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -108,11 +138,12 @@ class Layout:
         return leaves
 
     def flatten(self, tree: Any, what: str = "tree") -> dict[str, jax.Array]:
-        """``{group key: 1-D buffer}``: each group's leaves raveled and concatenated in tree order."""
+        """``{group key: buffer}``: each group's leaves raveled and concatenated in tree order
+        (a leaf kept whole: the leaf itself)."""
         leaves = self._leaves(tree, what)
         members = {key: [] for key in self.groups}
         for key, leaf in zip(self.keys, leaves, strict=True):
-            members[key].append(jnp.ravel(leaf))
+            members[key].append(jnp.asarray(leaf) if key in self.whole else jnp.ravel(leaf))
         return {key: jnp.concatenate(parts) if len(parts) > 1 else parts[0] for key, parts in members.items()}
 
     def unflatten(self, flat: dict[str, jax.Array], treedef: Any = None) -> Any:

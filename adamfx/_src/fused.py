@@ -10,6 +10,15 @@ once and keeps the inner state over the flat buffers; at ``update`` it packs
 the gradients, runs the inner update once per group and cuts the flat updates
 back into parameter-shaped leaves.
 
+The state is a plain pytree, ``FusedState(inner)``: the layout (which leaf goes
+where) is a pure function of the tree structure, shapes, dtypes and masks, so
+``init`` and ``update`` each rebuild it at trace time from the params (or the
+gradients) and nothing static sits in the state; flax.serialization and orbax
+save it like any other state. A leaf kept whole (``pack_below`` elements or
+more) keeps its shape, hence its sharding: :func:`adamfx.state_shardings`
+places it like its parameter, and splits the packed buffers of small leaves
+across the mesh (see :mod:`adamfx._src.sharding`).
+
 A stage whose decision is per leaf, through a ``mask`` field (the weight-decay
 mask), is handled by grouping: leaves are grouped by (dtype, mask values) and
 the stage sees one boolean per group. Any other stage that is not elementwise
@@ -38,8 +47,7 @@ PACK_BELOW = 2**12
 
 
 class FusedState(NamedTuple):
-    inner: Any  # the wrapped optimizer's state over the flat buffers
-    layout: Layout  # static: how leaves map to flat buffers (built once, at init)
+    inner: Any  # the wrapped optimizer's state over the flat buffers {group key: buffer}
 
 
 def _is_masked(stage: Stage) -> bool:
@@ -116,14 +124,18 @@ class Fused(Stage):
             return self.inner
         return _with_group_masks(stage_of(self.inner), layout, itertools.count()).transform()
 
+    def layout(self, tree: Any) -> Layout:
+        """How the leaves of ``tree`` (the params, or gradients shaped like them) map to flat buffers."""
+        return Layout.of(tree, _mask_labels(_stages(self.inner), tree), self.pack_below)
+
     def init(self, params):
-        layout = Layout.of(params, _mask_labels(_stages(self.inner), params), self.pack_below)
-        return FusedState(self._grouped(layout).init(layout.flatten(params, "params")), layout)
+        layout = self.layout(params)
+        return FusedState(self._grouped(layout).init(layout.flatten(params, "params")))
 
     def update(self, updates, state, params=None, **extra_args):
         if not isinstance(state, FusedState):
             raise ValueError(f"fused: expected the FusedState built by init, got {type(state).__name__}.")
-        layout = state.layout
+        layout = self.layout(updates if params is None else params)
         flat_params = None if params is None else layout.flatten(params, "params")
         flat_updates, inner = self._grouped(layout).update(
             layout.flatten(updates, "updates"), state.inner, flat_params, **extra_args
@@ -133,7 +145,7 @@ class Fused(Stage):
                 f"fused(tx): tx must emit parameter-shaped updates, it emitted {type(flat_updates).__name__}; "
                 "wrap a whole optimizer (its chain must end with a stage such as normalize or lr_decay)."
             )
-        return layout.unflatten(flat_updates, jax.tree.structure(updates)), FusedState(inner, layout)
+        return layout.unflatten(flat_updates, jax.tree.structure(updates)), FusedState(inner)
 
 
 def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) -> GradientTransformation:
@@ -143,7 +155,8 @@ def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) ->
     arithmetic, element for element) whose state is ``tx``'s state over
     ``{group: 1-D buffer}``, built once by ``init``. Leaves smaller than
     ``pack_below`` elements are packed into one buffer per dtype; a larger leaf
-    keeps a buffer of its own (packing it would only add copies). Each
+    keeps a buffer of its own, in its own shape (packing it would only add
+    copies; keeping the shape keeps its sharding). Each
     ``update`` concatenates the gradients of each packed group, runs ``tx`` once
     over all buffers (one pass per buffer) and cuts the updates back into
     parameter-shaped leaves. It fits wherever ``tx`` does: ``optax.chain``,

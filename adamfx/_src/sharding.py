@@ -8,11 +8,20 @@ hyperparameters). :func:`state_shardings` gives each state leaf a
 - a leaf that stands for a parameter (the parameter's key path appears in the
   leaf's key path, and the shapes agree) gets that parameter's sharding;
 - every other leaf (scalars, quantisation scales) is replicated;
+- in a :func:`adamfx.fused` state, a buffer kept whole matches its parameter by
+  its group key (the parameter's key path), and a packed buffer of small
+  leaves -- which mixes leaves placed differently -- is split across the mesh
+  axes that give it the most shards and still divide it, so it costs each
+  device about what (usually less than) its leaves' unfused state would (a
+  fused layout cannot follow the leaves' shardings: with ``Auto`` mesh axes
+  they are not known while ``jit`` traces, and the layout is rebuilt then);
 - with ``zero_axis="data"`` every leaf is further split along that mesh axis on
-  its first dimension that is not sharded yet and divides evenly: the state is
-  partitioned across the data-parallel replicas even where the params are
-  replicated (ZeRO stage 1, Rajbhandari et al., 2020). Each device then keeps
-  about ``1 / mesh.shape["data"]`` of the state; XLA gathers the updates.
+  its first dimension that is not sharded yet and divides evenly, or else added
+  to a dimension that is sharded already when that dimension still divides
+  (``P("model")`` becomes ``P(("model", "data"))``): the state is partitioned
+  across the data-parallel replicas even where the params are replicated (ZeRO
+  stage 1, Rajbhandari et al., 2020). Each device then keeps about
+  ``1 / mesh.shape["data"]`` of the state; XLA gathers the updates.
 
 Nothing here depends on the stages: it works for any optax state, including
 low-bit and wrapped ones. Outside ``jit`` an adamfx ``tx.init(params)`` already
@@ -30,13 +39,17 @@ counts those), and orbax saves and restores them collectively.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from adamfx._src.flat import leaf_key
+from adamfx._src.fused import FusedState
 
-def _param_shardings(params: Any) -> list[tuple[tuple, tuple, NamedSharding]]:
+
+def _param_shardings(params: Any) -> list[tuple[tuple, tuple, NamedSharding, str]]:
     entries = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         sharding = getattr(leaf, "sharding", None)
@@ -45,7 +58,7 @@ def _param_shardings(params: Any) -> list[tuple[tuple, tuple, NamedSharding]]:
                 f"params{jax.tree_util.keystr(path)} has sharding {sharding!r}: state_shardings needs every "
                 "param placed with a jax.sharding.NamedSharding (jax.device_put(x, NamedSharding(mesh, spec)))."
             )
-        entries.append((tuple(path), tuple(leaf.shape), sharding))
+        entries.append((tuple(path), tuple(leaf.shape), sharding, leaf_key(path)))
     meshes = {entry[2].mesh for entry in entries}
     if len(meshes) != 1:
         raise ValueError(f"params are placed on {len(meshes)} meshes; state_shardings needs them all on one mesh.")
@@ -57,10 +70,31 @@ def _contains(path: tuple, sub: tuple) -> bool:
     return any(path[i : i + n] == sub for i in range(len(path) - n + 1))
 
 
-def _spec_for(path: tuple, shape: tuple, entries) -> PartitionSpec:
-    """The spec of the param this state leaf stands for (longest matching path), or replicated."""
-    matches = [(len(p), s) for p, param_shape, s in entries if param_shape == shape and _contains(path, p)]
-    return max(matches, key=lambda m: m[0])[1].spec if matches else PartitionSpec()
+def _names(path: tuple, key: str) -> bool:
+    """Whether a dict key on ``path`` is ``key`` (a fused buffer kept whole is keyed by its param's path)."""
+    return any(getattr(entry, "key", None) == key for entry in path)
+
+
+def _param_spec(path: tuple, shape: tuple, entries) -> PartitionSpec | None:
+    """The spec of the param this state leaf stands for (longest matching path), or ``None``."""
+    matches = [
+        (len(p), s)
+        for p, param_shape, s, key in entries
+        if param_shape == shape and (_contains(path, p) or _names(path, key))
+    ]
+    return max(matches, key=lambda m: m[0])[1].spec if matches else None
+
+
+def _across_mesh(shape: tuple, mesh) -> PartitionSpec:
+    """A 1-D buffer split across the mesh axes (in mesh order) with the most shards that divide it."""
+    if len(shape) != 1:
+        return PartitionSpec()
+    names = mesh.axis_names
+    subsets = [tuple(a for i, a in enumerate(names) if mask >> i & 1) for mask in range(1, 2 ** len(names))]
+    dividing = [axes for axes in subsets if shape[0] % math.prod(mesh.shape[a] for a in axes) == 0]
+    if not dividing:
+        return PartitionSpec()
+    return PartitionSpec(max(dividing, key=lambda axes: math.prod(mesh.shape[a] for a in axes)))
 
 
 def _axes_of(spec: PartitionSpec) -> set:
@@ -70,14 +104,21 @@ def _axes_of(spec: PartitionSpec) -> set:
     return used - {None}
 
 
-def _with_axis(spec: PartitionSpec, shape: tuple, axis: str, size: int) -> PartitionSpec:
-    """``spec`` with ``axis`` added on the first free dimension divisible by ``size``."""
+def _with_axis(spec: PartitionSpec, shape: tuple, axis: str, mesh) -> PartitionSpec:
+    """``spec`` with ``axis`` added on the first free dimension it divides, else appended to the first
+    sharded dimension that its shards still divide (``P("model")`` -> ``P(("model", "data"))``)."""
     entries = list(spec) + [None] * (len(shape) - len(spec))
     if axis in _axes_of(spec):
         return spec
+    size = mesh.shape[axis]
     for i, (dim, entry) in enumerate(zip(shape, entries, strict=True)):
         if entry is None and dim % size == 0:
             entries[i] = axis
+            return PartitionSpec(*entries)
+    for i, (dim, entry) in enumerate(zip(shape, entries, strict=True)):
+        axes = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+        if axes and dim % (math.prod(mesh.shape[a] for a in axes) * size) == 0:
+            entries[i] = (*axes, axis)
             return PartitionSpec(*entries)
     return spec
 
@@ -105,14 +146,23 @@ def state_shardings(tx, params: Any, *, zero_axis: str | None = None) -> Any:
         )
     shapes = jax.eval_shape(tx.init, params)
 
-    def leaf_sharding(path, leaf):
+    def leaf_sharding(path, leaf, fused=False):
         shape = tuple(leaf.shape)
-        spec = _spec_for(tuple(path), shape, entries)
+        spec = _param_spec(tuple(path), shape, entries)
+        if spec is None:
+            spec = _across_mesh(shape, mesh) if fused else PartitionSpec()
         if zero_axis is not None:
-            spec = _with_axis(spec, shape, zero_axis, mesh.shape[zero_axis])
+            spec = _with_axis(spec, shape, zero_axis, mesh)
         return NamedSharding(mesh, spec)
 
-    return jax.tree_util.tree_map_with_path(leaf_sharding, shapes)
+    def node_sharding(path, node):
+        if isinstance(node, FusedState):
+            inner = jax.tree_util.tree_map_with_path(lambda p, leaf: leaf_sharding(path + p, leaf, True), node.inner)
+            return FusedState(inner)
+        return leaf_sharding(path, node)
+
+    is_fused = lambda node: isinstance(node, FusedState)  # noqa: E731
+    return jax.tree_util.tree_map_with_path(node_sharding, shapes, is_leaf=is_fused)
 
 
 def init_sharded(tx, params: Any, *, zero_axis: str | None = None) -> Any:
