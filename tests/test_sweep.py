@@ -11,7 +11,13 @@ which hyperparameters are swept); every optimizer runs in every convention.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -309,3 +315,54 @@ def test_sweep_params():
 def test_sweep_params_errors(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         adamfx.sweep_params(*args, **kwargs)
+
+
+# ----- the example and the benchmark (tiny settings) -------------------------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sensitivity(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # the example imports the flagship's model and data
+    spec = importlib.util.spec_from_file_location("sensitivity", ROOT / "examples" / "sensitivity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", tmp_path)
+    yield module
+    sys.modules.pop("digits_mlp", None)
+
+
+def test_sensitivity_example_smoke(sensitivity, tmp_path, capsys):
+    results = sensitivity.main(optimizers=("sgd", "adam"), n_lrs=3, lr_range=(1e-3, 1.0), n_seeds=2, epochs=2)
+    for name in ("sgd", "adam"):
+        assert results[name]["val_loss"].shape == (3, 2)  # learning rates x seeds
+        assert results[name]["best_lr"] in np.logspace(-3, 0, 3)
+        assert np.nanmin(results[name]["val_loss"]) < np.log(10)  # better than a uniform guess: it learned
+    out = capsys.readouterr().out
+    assert "best lr" in out and "decades within 10%" in out
+    assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
+
+
+def test_sensitivity_summary(sensitivity):
+    lrs = np.logspace(-3, 0, 4)  # one decade apart
+    loss = np.array([[2.0, 2.0], [1.05, 1.05], [1.0, 1.0], [np.nan, np.nan]])  # the last one diverged
+    summary = sensitivity.summary(lrs, loss)
+    assert (summary["best_lr"], summary["best_loss"], summary["best_loss_std"]) == (0.1, 1.0, 0.0)
+    # within 10% (1.1): from 1e-2 (1.05) on, plus 0.05 / 0.95 of the decade towards 1e-3 (2.0); the diverged 1.0 ends it
+    assert summary["decades"] == pytest.approx(1 + 0.05 / 0.95, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_sweep_speed_quick(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": ""}
+    script = ROOT / "benchmarks" / "sweep_speed.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=True, env=env, timeout=600)
+    rows = json.loads((tmp_path / "sweep_speed.json").read_text())["results"]
+    assert {(r["workload"], r["mode"], r["contender"]) for r in rows} == {
+        (w, m, c)
+        for w in ("update", "train, batch 32", "train, full batch")
+        for m in ("call", "scan")
+        for c in ("vmapped", "sequential")
+    }
+    assert all(r["traces"] == 1 and r["median_s"] > 0 for r in rows)  # one program each, compiled once
