@@ -361,7 +361,7 @@ def test_sweep_speed_quick(tmp_path):
     rows = json.loads((tmp_path / "sweep_speed.json").read_text())["results"]
     assert {(r["workload"], r["mode"], r["contender"]) for r in rows} == {
         (w, m, c)
-        for w in ("update", "train, batch 32", "train, full batch")
+        for w in ("update", "train, batch 32", "train, full batch", "train, full batch, x per member")
         for m in ("call", "scan")
         for c in ("vmapped", "sequential")
     }
