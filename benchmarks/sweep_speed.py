@@ -1,7 +1,7 @@
 """Speed of a vectorized sweep: K members in one vmapped program vs K sequential jitted runs.
 
 The digits MLP of ``examples/sensitivity.py`` (64 -> 128 -> 10, 9.6K params,
-4 leaves) with ``adamfx.adam`` at K learning rates. Three workloads, each run
+4 leaves) with ``adamfx.adam`` at K learning rates. Four workloads, each run
 for ``--steps`` steps by every member:
 
 - ``update``: the optimizer update alone (``tx.update`` + ``apply_updates`` on fixed gradients);
