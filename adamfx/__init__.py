@@ -3,7 +3,8 @@
 Where things live: ``adamfx/_src/adam.py`` (Adam, AdamW, AMSGrad),
 ``adamfx/_src/moments.py`` (scale_by_moments, bias_correction, normalize),
 ``adamfx/_src/stages.py`` (lr_decay, weight decay), ``adamfx/_src/hyperparams.py``
-(hyperparameters in the state), ``adamfx/_src/wrappers.py`` (accumulation,
+(hyperparameters in the state), ``adamfx/_src/sweep.py`` (vectorized
+hyperparameter sweeps), ``adamfx/_src/wrappers.py`` (accumulation,
 non-finite steps, parameter groups), ``adamfx/_src/ema.py`` (moving average of
 the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``;
 Adam's relatives in ``sgd.py``, ``adagrad.py``, ``rmsprop.py`` (RMSprop,
@@ -37,6 +38,7 @@ from adamfx._src.sgd import sgd
 from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.stages import add_decayed_weights, lr_decay
 from adamfx._src.storage import FloatStorage
+from adamfx._src.sweep import sweep, sweep_params
 from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
 __version__ = "0.1.0"
@@ -97,6 +99,8 @@ __all__ = [
     "set_hyperparams",
     "sgd",
     "state_shardings",
+    "sweep",
+    "sweep_params",
     "trace",
     "unscale_loss",
     "update_rms",
