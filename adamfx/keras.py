@@ -24,7 +24,7 @@ if not hasattr(keras, "backend") or int(keras.__version__.split(".")[0]) < 3:
 if keras.backend.backend() != "jax":
     raise ImportError(
         f"adamfx.keras runs on Keras's JAX backend; Keras was loaded with the {keras.backend.backend()!r} backend: "
-        "set KERAS_BACKEND=jax (or \"backend\": \"jax\" in ~/.keras/keras.json) before Keras is first imported"
+        'set KERAS_BACKEND=jax (or "backend": "jax" in ~/.keras/keras.json) before Keras is first imported'
     )
 
 from adamfx._src.keras_bridge import Optimizer  # noqa: E402

@@ -157,8 +157,10 @@ class Optimizer(keras.optimizers.Optimizer):
         value = np.asarray(leaf)
         try:
             dtype = keras.backend.standardize_dtype(value.dtype)
-        except ValueError:
-            raise TypeError(f"optimizer state leaf {where} has dtype {value.dtype}, which a Keras variable cannot hold")
+        except ValueError as error:
+            raise TypeError(
+                f"optimizer state leaf {where} has dtype {value.dtype}, which a Keras variable cannot hold"
+            ) from error
         name = "".join(c if c.isalnum() or c in "_-" else "_" for c in where) or "state"
         return self.add_variable(shape=value.shape, initializer=value, dtype=dtype, name=name)
 
@@ -172,7 +174,7 @@ class Optimizer(keras.optimizers.Optimizer):
         leaves, treedef = jax.tree_util.tree_flatten(state)
         if treedef != self._treedef:
             raise ValueError(f"the transform changed its state structure:\n  was {self._treedef}\n  now {treedef}")
-        for variable, leaf in zip(self._state_variables, leaves):
+        for variable, leaf in zip(self._state_variables, leaves, strict=True):
             if leaf is not variable.value:
                 if leaf.dtype != variable.dtype or leaf.shape != variable.shape:
                     raise ValueError(
@@ -206,11 +208,11 @@ class Optimizer(keras.optimizers.Optimizer):
                 f"adamfx.keras.Optimizer updates all the variables it was built with at once; "
                 f"no gradient came for {missing}"
             )
-        params = {k: v.value for k, v in zip(keys, trainable_variables)}
-        grads = {k: keras.ops.cast(g, params[k].dtype) for k, g in zip(keys, grads)}
+        params = {k: v.value for k, v in zip(keys, trainable_variables, strict=True)}
+        grads = {k: keras.ops.cast(g, params[k].dtype) for k, g in zip(keys, grads, strict=True)}
         updates, state = self._tx.update(grads, self.state, params)
         new_params = optax.apply_updates(params, updates)
-        for key, variable in zip(keys, trainable_variables):
+        for key, variable in zip(keys, trainable_variables, strict=True):
             self.assign(variable, new_params[key])
         self._write_state(state)
 
