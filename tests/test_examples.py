@@ -20,3 +20,14 @@ def test_digits_mlp_reaches_95_percent_and_saves_the_plot(tmp_path, monkeypatch)
     monkeypatch.setattr(example, "OUT", tmp_path)
     assert example.main(epochs=40) >= 0.95
     assert (tmp_path / "digits_mlp_loss.png").stat().st_size > 10_000
+
+
+def test_keras_fit_trains_with_adamfx_fp32_and_int8_state(capsys):
+    example = load("keras_fit")
+    results = example.main(epochs=3)
+    accuracy = {name: value[0] for name, value in results.items()}
+    state_bytes = {name: value[1] for name, value in results.items()}
+    assert min(accuracy.values()) >= 0.8, accuracy
+    assert abs(accuracy["adamfx.adam fp32 state"] - accuracy["keras.optimizers.Adam(1e-3)"]) <= 0.01
+    assert state_bytes["adamfx.adam int8 state"] < 0.3 * state_bytes["adamfx.adam fp32 state"]
+    assert "int8 state / fp32 state" in capsys.readouterr().out
