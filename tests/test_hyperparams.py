@@ -172,7 +172,7 @@ def test_equal_arguments_give_equal_optimizers_with_equal_hashes():
             adamfx.adamw(1e-3, weight_decay=0.1, convention="torch"),
         ),
         (adamfx.adam(jnp.array(1e-3)), adamfx.adam(jnp.array(1e-3))),  # 0-d arrays are stored as Python numbers
-        (adamfx.adam(jnp.array(0.5)), adamfx.adam(0.5)),
+        (adamfx.adam(np.array(0.5)), adamfx.adam(0.5)),  # a NumPy 0-d array is a number
         (adamfx.adam(np.float32(0.5)), adamfx.adam(0.5)),
         (
             adamfx.adam(weight_decay=1e-2, weight_decay_mask={"w": jnp.array(True), "b": np.bool_(False)}),
@@ -182,6 +182,7 @@ def test_equal_arguments_give_equal_optimizers_with_equal_hashes():
     for a, b in pairs:
         assert a == b and hash(a) == hash(b)
     assert adamfx.adam(1e-3) != adamfx.adam(2e-3)
+    assert adamfx.adam(jnp.array(0.5)) != adamfx.adam(0.5)  # a JAX array is injected (read at every step)
     assert adamfx.adam(1e-3) == adamfx.adam(1e-3, convention="torch")  # the same composition
     assert adamfx.adam(1e-3) != adamfx.adam(1e-3, convention="keras")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import checks
+from adamfx._src import checks, compose
 from adamfx._src.base import chain
 from adamfx._src.moments import bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages import add_decayed_weights, lr_decay
@@ -32,6 +32,7 @@ def convention_of(name: str) -> AdamConvention:
     return CONVENTIONS[name]
 
 
+@checks.porting_aids
 def adam(
     learning_rate: Any = 1e-3,
     b1: float = 0.9,
@@ -40,7 +41,7 @@ def adam(
     *,
     eps_root: float = 0.0,
     decay: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     amsgrad: bool = False,
@@ -81,9 +82,10 @@ def adam(
       learning_rate: a number or a schedule ``count -> lr`` (optax schedules work).
       b1, b2: decay rates of the first and second moments, in [0, 1).
       eps: added to the root of the second moment; ``None`` takes the convention's default.
-      eps_root: added inside the root (optax).
+      eps_root: added inside the root (optax). Give it (e.g. 1e-16) to differentiate
+        *through* the update (meta-learning): ``sqrt`` has no derivative at ``v = 0``.
       decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
-      weight_decay: coupled L2 or decoupled decay, as the convention says.
+      weight_decay: coupled L2 or decoupled decay, as the convention says; ``None`` or 0: none.
       weight_decay_mask: pytree of bools (or callable of params) selecting decayed leaves.
       decoupled: override the convention's meaning of ``weight_decay``.
       amsgrad: keep the running maximum of the second moment (Reddi et al., 2018).
@@ -106,10 +108,12 @@ def adam(
     Array([0.999, 0.999, 0.999], dtype=float32)
     """
     conv = convention_of(convention)
+    compose.require("adam", b1=b1, b2=b2)
     eps = conv.eps if eps is None else eps
     if decoupled is None:
         decoupled = conv.adam_weight_decay == "decoupled"
-    decay_weights = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
+    no_decay = checks.is_static_zero(weight_decay)
+    decay_weights = [] if no_decay else [add_decayed_weights(weight_decay, weight_decay_mask)]
     amsgrad_raw = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "raw" else []
     amsgrad_corrected = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "corrected" else []
     return chain(
@@ -124,6 +128,7 @@ def adam(
     )
 
 
+@checks.porting_aids
 def adamw(
     learning_rate: Any = 1e-3,
     b1: float = 0.9,
@@ -131,8 +136,13 @@ def adamw(
     eps: float | None = None,
     weight_decay: float | None = None,
     *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    amsgrad: bool = False,
     convention: str = "optax",
-    **kwargs: Any,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
@@ -140,17 +150,47 @@ def adamw(
 
     The default ``weight_decay`` is the convention's: 1e-4 for ``"optax"``
     (``optax.adamw``), 1e-2 for ``"torch"`` (``torch.optim.AdamW``), 4e-3 for
-    ``"keras"`` (``keras.optimizers.AdamW``). Other arguments as :func:`adam`.
+    ``"keras"`` (``keras.optimizers.AdamW``). Other arguments as :func:`adam`
+    (optax's ``mask`` is ``weight_decay_mask``).
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
     """
     conv = convention_of(convention)
     weight_decay = conv.adamw_weight_decay if weight_decay is None else weight_decay
-    return adam(learning_rate, b1, b2, eps, weight_decay=weight_decay, decoupled=True, convention=convention, **kwargs)
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        amsgrad=amsgrad,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
 
 
-def amsgrad(learning_rate: Any = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float | None = None, **kwargs: Any):
+@checks.porting_aids
+def amsgrad(
+    learning_rate: Any = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
     """AMSGrad (Reddi et al., 2018): Adam with ``v`` replaced by its running maximum.
 
     PyTorch and Keras max the raw ``v`` and correct afterwards; optax maxes the
@@ -160,4 +200,18 @@ def amsgrad(learning_rate: Any = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: 
     >>> import adamfx
     >>> tx = adamfx.amsgrad(1e-3, convention="torch")
     """
-    return adam(learning_rate, b1, b2, eps, amsgrad=True, **kwargs)
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=decoupled,
+        amsgrad=True,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.moment_forms import infinity_norm
 from adamfx._src.moments import bias_correction, scale_by_moments
 
@@ -25,13 +25,14 @@ ADAMAX_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def adamax(
     learning_rate: Any = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -71,6 +72,7 @@ def adamax(
     >>> tx = adamfx.adamax(2e-3, convention="keras")
     """
     conv = compose.lookup(ADAMAX_CONVENTIONS, convention)
+    compose.require("adamax", b1=b1, b2=b2)
     return compose.finish(
         [
             scale_by_moments(b1, None, mu_dtype=mu_dtype),

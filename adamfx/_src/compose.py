@@ -8,6 +8,7 @@ stages every optimizer shares around its own core stages.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,9 +30,32 @@ def pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def require(factory: str, **values: Any) -> None:
+    """Raises ``ValueError`` for a hyperparameter given as ``None`` where this optimizer needs a number.
+
+    (The stages take ``None`` for "keep no such moment"; ``adam(b1=None)`` must not
+    silently become RMSprop.)
+    """
+    for name, value in values.items():
+        if value is None:
+            allowed = checks.HYPERPARAMETERS[name]._replace(optional=False).describe()
+            raise ValueError(f"{factory}({name}=None) is invalid: {name} must be {allowed}.")
+
+
+def warn_if_rho(factory: str, decay: Any) -> None:
+    """Warns when ``decay`` looks like optax's ``decay`` (the moving-average rate, adamfx's ``rho``)."""
+    if checks.is_concrete(decay) and float(decay) >= 0.5:
+        warnings.warn(
+            f"{factory}(decay={decay!r}) is the legacy learning-rate decay lr / (1 + decay t), as in Keras; "
+            f"optax's rmsprop/adadelta decay is the moving-average rate, which adamfx calls rho: "
+            f"did you mean rho={decay!r}?",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
     """:func:`normalize` with ``eps`` inside the root (``sqrt(v + eps)``) or outside it (``sqrt(v) + eps``)."""
-    checks.check_range("eps", eps, 0.0)
     return normalize(0.0, eps_root=eps) if in_root else normalize(eps)
 
 
@@ -41,7 +65,7 @@ def finish(
     *,
     learning_rate: Any,
     decay: float,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     momentum: Sequence[GradientTransformation] = (),
@@ -63,10 +87,11 @@ def finish(
     """
     learning_rate = pick(learning_rate, convention.learning_rate)
     decoupled = convention.weight_decay == "decoupled" if decoupled is None else bool(decoupled)
-    decayed = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
+    decayed = [] if checks.is_static_zero(weight_decay) else [add_decayed_weights(weight_decay, weight_decay_mask)]
     if lr_inside and momentum:
-        bypass = [decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)] if decoupled else []
-        tail = [lr_decay(learning_rate, decay), *momentum, *(bypass if decayed else [])]
+        bypassed = decayed and decoupled
+        bypass = [decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)] if bypassed else []
+        tail = [lr_decay(learning_rate, decay), *momentum, *bypass]
     else:
         tail = [*momentum, *(decayed if decoupled else []), lr_decay(learning_rate, decay)]
     return chain(*([] if decoupled else decayed), *core, *tail)

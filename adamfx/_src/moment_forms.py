@@ -64,6 +64,9 @@ class AccumulateSquares(_StoredMoment, Stage):
     initial_value: float
     storage: Any
 
+    def hyperparameters(self):
+        return {"initial_accumulator_value": self.initial_value}
+
     def init(self, params):
         return SumState(jnp.zeros([], jnp.int32), init_stored(self.storage, params, real_dtype, self.initial_value), {})
 
@@ -89,7 +92,6 @@ def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None)
     :func:`normalize` (there is no bias to correct). State: ``count``, ``nu``
     (stored as ``nu_dtype``). Used by :func:`adamfx.adagrad`.
     """
-    checks.check_range("initial_accumulator_value", initial_accumulator_value, 0.0)
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     return AccumulateSquares(initial_accumulator_value, storage).transform()
 
@@ -169,8 +171,6 @@ def infinity_norm(b2: float = 0.999, eps: float = 1e-8, *, eps_in: str = "max", 
     parameter-shaped updates. State: ``nu`` (u, stored as ``nu_dtype``),
     hyperparameters ``b2``, ``eps``. Used by :func:`adamfx.adamax`.
     """
-    checks.check_range("b2", b2, 0.0, 1.0)
-    checks.check_range("eps", eps, 0.0)
     checks.check_choice("eps_in", eps_in, EPS_IN_MAX)
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     check_keeps_elements(storage, "nu_dtype", nu_dtype, "infinity_norm", "a running maximum")
@@ -224,6 +224,4 @@ def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
     State: ``count``, ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
     ``eps_root``. Used by :func:`adamfx.adadelta`.
     """
-    checks.check_range("rho", rho, 0.0, 1.0)
-    checks.check_range("eps", eps, 0.0)
     return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()

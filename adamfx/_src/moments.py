@@ -84,6 +84,10 @@ class ScaleByMoments(Stage):
     nu_storage: Any
     names: tuple[str, str] = ("b1", "b2")
 
+    def hyperparameters(self):
+        rates = zip(self.names, (self.b1, self.b2), strict=True)
+        return {name: rate for name, rate in rates if rate is not None}
+
     @property
     def elementwise(self) -> bool:  # as elementwise as its storages (factored is not)
         return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
@@ -149,9 +153,8 @@ def scale_by_moments(
     """
     if b1 is None and b2 is None:
         raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
-    checks.check_range("b1", b1, 0.0, 1.0)
-    checks.check_range("b2", b2, 0.0, 1.0)
-    if b1 is not None and b2 is not None and names[0] == names[1] and b1 != b2:
+    shared = b1 is not None and b2 is not None and names[0] == names[1] and b1 is not b2
+    if shared and checks.is_concrete(b1) and checks.is_concrete(b2) and b1 != b2:
         raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
@@ -235,8 +238,6 @@ def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "correc
     ``eps_root`` sits inside the root (optax's ``eps_root``; Keras RMSprop's eps).
     Emits parameter-shaped updates in the gradient's dtype. State: ``eps``, ``eps_root``.
     """
-    checks.check_range("eps", eps, 0.0)
-    checks.check_range("eps_root", eps_root, 0.0)
     checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
     return Normalize(eps, eps_root, eps_on).transform()
 

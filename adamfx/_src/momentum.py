@@ -93,9 +93,8 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
     parameter dtype), hyperparameters ``momentum``, ``dampening``. Used by
     :func:`adamfx.sgd` and :func:`adamfx.rmsprop`.
     """
-    checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=True)
-    checks.check_range("dampening", dampening, 0.0, 1.0, high_inclusive=True)
-    if nesterov and (not momentum or dampening):
+    concrete = checks.is_concrete(momentum) and checks.is_concrete(dampening)  # traced: inject_hyperparams
+    if nesterov and concrete and (not momentum or dampening):
         raise ValueError(
             f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum!r}, dampening={dampening!r}."
         )
@@ -116,8 +115,8 @@ class DecoupledWeightDecay(Stage):
 
     def update(self, updates, state, params=None, **extra_args):
         zeros = jax.tree.map(jnp.zeros_like, updates)
-        term, weights_state = self.decayed_weights.update(zeros, state[0], params)
-        term, rate_state = self.rate.update(term, state[1], params)
+        term, weights_state = self.decayed_weights.checked_update(zeros, state[0], params)
+        term, rate_state = self.rate.checked_update(term, state[1], params)
         return jax.tree.map(jnp.add, updates, term), (weights_state, rate_state)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.adam import CONVENTIONS as ADAM_CONVENTIONS
 from adamfx._src.corrections import nesterov_momentum
 from adamfx._src.moments import normalize, scale_by_moments
@@ -26,6 +26,7 @@ NADAM_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def nadam(
     learning_rate: Any = None,
     b1: float = 0.9,
@@ -34,7 +35,7 @@ def nadam(
     momentum_decay: float | None = None,
     *,
     eps_root: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -81,6 +82,7 @@ def nadam(
     >>> tx = adamfx.nadam(2e-3, convention="torch")
     """
     conv = compose.lookup(NADAM_CONVENTIONS, convention)
+    compose.require("nadam", b1=b1, b2=b2)
     return compose.finish(
         [
             scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
@@ -96,15 +98,21 @@ def nadam(
     )
 
 
+@checks.porting_aids
 def nadamw(
     learning_rate: Any = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     weight_decay: float | None = None,
+    momentum_decay: float | None = None,
     *,
+    eps_root: float = 0.0,
+    weight_decay_mask: Any = None,
+    decay: float = 0.0,
     convention: str = "optax",
-    **kwargs: Any,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ):
     """NAdamW: :func:`nadam` with decoupled weight decay, ``p -= lr_t (m^_t / (sqrt(v^_t) + eps) + wd p)``.
 
@@ -117,4 +125,18 @@ def nadamw(
     >>> tx = adamfx.nadamw(1e-3, weight_decay=1e-2, convention="torch")
     """
     weight_decay = compose.pick(weight_decay, compose.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
-    return nadam(learning_rate, b1, b2, eps, weight_decay=weight_decay, decoupled=True, convention=convention, **kwargs)
+    return nadam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        momentum_decay,
+        eps_root=eps_root,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        decay=decay,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -28,15 +28,16 @@ RMSPROP_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def rmsprop(
     learning_rate: Any = None,
     rho: float | None = None,
     eps: float | None = None,
     centered: bool = False,
-    momentum: float = 0.0,
+    momentum: float | None = None,
     nesterov: bool = False,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -69,7 +70,8 @@ def rmsprop(
 
     (*) ``optax.rmsprop`` has no default learning rate; adamfx uses PyTorch's.
     ``rho`` is PyTorch's ``alpha`` and optax's ``decay``; here ``decay`` keeps
-    its one meaning, the legacy Keras learning-rate decay. ``nesterov`` is
+    its one meaning, the legacy Keras learning-rate decay (a ``decay`` of 0.5 or
+    more, surely meant as ``rho``, warns). ``nesterov`` is
     optax's (PyTorch and Keras have none). optax's ``initial_scale`` and
     ``bias_correction`` options are not offered. ``rho`` is one hyperparameter
     in the state (``set_hyperparams(rho=...)``), shared by both moments.
@@ -79,7 +81,7 @@ def rmsprop(
       rho: the moving-average rate of the moments, in [0, 1); ``None`` takes the convention's.
       eps: ``None`` takes the convention's default.
       centered: divide by the root of the gradient's variance instead of its second moment.
-      momentum: rate of the momentum buffer in [0, 1]; 0 keeps no buffer.
+      momentum: rate of the momentum buffer in [0, 1]; ``None`` or 0 keeps no buffer.
       nesterov: Nesterov momentum on that buffer.
       weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
       mu_dtype: storage of the gradient average (centered) and the momentum buffer.
@@ -89,8 +91,8 @@ def rmsprop(
     >>> tx = adamfx.rmsprop(1e-3, centered=True, momentum=0.9, convention="keras")
     """
     conv = compose.lookup(RMSPROP_CONVENTIONS, convention)
+    compose.warn_if_rho("rmsprop", decay)
     rho = compose.pick(rho, conv.rho)
-    checks.check_range("rho", rho, 0.0, 1.0)
     if centered and any(isinstance(spec, str) for spec in (mu_dtype, nu_dtype)):
         raise ValueError(
             f"rmsprop(centered=True, mu_dtype={mu_dtype!r}, nu_dtype={nu_dtype!r}) is invalid: the centered "
@@ -100,7 +102,8 @@ def rmsprop(
     moments = scale_by_moments(
         rho if centered else None, rho, mu_dtype=mu_dtype, nu_dtype=nu_dtype, names=("rho", "rho")
     )
-    buffer = [trace(momentum, 0.0, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
+    keep_buffer = nesterov or not checks.is_static_zero(momentum)  # a JAX array (inject_hyperparams) keeps it
+    buffer = [trace(compose.pick(momentum, 0.0), 0.0, nesterov, mu_dtype=mu_dtype)] if keep_buffer else []
     root = compose.normalize_eps(compose.pick(eps, conv.eps), conv.eps_in_root)
     return compose.finish(
         [moments, *([center()] if centered else []), root],
@@ -131,12 +134,13 @@ ADADELTA_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def adadelta(
     learning_rate: Any = None,
     rho: float | None = None,
     eps: float | None = None,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -179,8 +183,8 @@ def adadelta(
     >>> tx = adamfx.adadelta(convention="torch")
     """
     conv = compose.lookup(ADADELTA_CONVENTIONS, convention)
+    compose.warn_if_rho("adadelta", decay)
     rho, eps = compose.pick(rho, conv.rho), compose.pick(eps, conv.eps)
-    checks.check_range("rho", rho, 0.0, 1.0)
     return compose.finish(
         [
             scale_by_moments(None, rho, nu_dtype=nu_dtype, names=("rho", "rho")),

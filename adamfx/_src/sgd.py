@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.momentum import trace
 
 
@@ -23,13 +23,14 @@ SGD_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def sgd(
     learning_rate: Any = None,
-    momentum: float = 0.0,
+    momentum: float | None = None,
     dampening: float = 0.0,
     nesterov: bool = False,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -64,7 +65,7 @@ def sgd(
 
     Args:
       learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
-      momentum: the buffer's decay rate in [0, 1]; 0 keeps no buffer.
+      momentum: the buffer's decay rate in [0, 1]; ``None`` or 0 keeps no buffer.
       dampening: the buffer takes ``(1 - dampening) g_t`` after the first step.
       nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
       weight_decay: coupled L2 or decoupled decay, as the convention says.
@@ -82,7 +83,8 @@ def sgd(
     Array([0.9, 0.9], dtype=float32)
     """
     conv = compose.lookup(SGD_CONVENTIONS, convention)
-    buffer = [trace(momentum, dampening, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
+    keep_buffer = nesterov or not checks.is_static_zero(momentum)  # a JAX array (inject_hyperparams) keeps it
+    buffer = [trace(compose.pick(momentum, 0.0), dampening, nesterov, mu_dtype=mu_dtype)] if keep_buffer else []
     return compose.finish(
         [],
         conv,
