@@ -233,6 +233,19 @@ def check_same_structure(tree: Any, reference: Any, what: str, reference_what: s
             )
 
 
+def conform(tree: Any, storage: Any, reference: Any, what: str) -> Any:
+    """Checks ``tree`` against a stored moment's ``reference`` tree and returns it in the state's dtypes.
+
+    For a storage that keeps one parameter-shaped array per leaf (``record`` is
+    None), shapes must match (the error names the leaf path) and float leaves
+    are widened to the stored dtype (:func:`promote_to`); for other storages
+    only the tree structure is checked.
+    """
+    exact = getattr(storage, "record", None) is None
+    check_same_structure(tree, reference, what, "optimizer state (built by init)", shapes=exact)
+    return promote_to(tree, reference) if exact else tree
+
+
 def promote_to(tree: Any, reference: Any) -> Any:
     """``tree``'s float leaves widened to at least the dtype of ``reference``'s (the dtype ``init`` chose).
 

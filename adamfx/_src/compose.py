@@ -56,6 +56,7 @@ def warn_if_rho(factory: str, decay: Any) -> None:
 
 def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
     """:func:`normalize` with ``eps`` inside the root (``sqrt(v + eps)``) or outside it (``sqrt(v) + eps``)."""
+    checks.check_hyperparameter("eps", eps)  # inside the root the stage calls it eps_root: name the user's argument
     return normalize(0.0, eps_root=eps) if in_root else normalize(eps)
 
 

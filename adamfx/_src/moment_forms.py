@@ -38,7 +38,7 @@ from adamfx._src.storage import (
     resolve_storage,
     store,
 )
-from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, scalar_like
+from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, real_moment_dtype, safe_divide, scalar_like
 
 
 class _StoredMoment:
@@ -48,9 +48,9 @@ class _StoredMoment:
     def elementwise(self) -> bool:
         return getattr(self.storage, "elementwise", True)
 
-    def _check_structure(self, tree, stored, what: str) -> None:
-        reference = parameter_shaped(self.storage, stored)
-        checks.check_same_structure(tree, reference, what, "optimizer state (built by init)")
+    def _conform(self, tree, stored, what: str):
+        """``tree`` checked against the stored moment, in the state's dtypes (see :func:`checks.conform`)."""
+        return checks.conform(tree, self.storage, parameter_shaped(self.storage, stored), what)
 
 
 class SumState(NamedTuple):
@@ -68,10 +68,11 @@ class AccumulateSquares(_StoredMoment, Stage):
         return {"initial_accumulator_value": self.initial_value}
 
     def init(self, params):
-        return SumState(jnp.zeros([], jnp.int32), init_stored(self.storage, params, real_dtype, self.initial_value), {})
+        nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
+        return SumState(jnp.zeros([], jnp.int32), nu, {})
 
     def update(self, grads, state, params=None, **extra_args):
-        self._check_structure(grads, state.nu, "gradients")
+        grads = self._conform(grads, state.nu, "gradients")
         count = optax.safe_increment(state.count)
 
         def leaf(g, stored, key):
@@ -136,12 +137,12 @@ class InfinityNorm(_StoredMoment, Stage):
     storage: Any
 
     def init(self, params):
-        nu = init_stored(self.storage, params, real_dtype)
+        nu = init_stored(self.storage, params, real_moment_dtype)
         return InfinityNormState(nu, hp.as_arrays(b2=self.b2, eps=self.eps))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "infinity_norm")
-        self._check_structure(moments.grad, state.nu, "gradients")
+        moments = moments._replace(grad=self._conform(moments.grad, state.nu, "gradients"))
         b2, eps = state.hyperparams["b2"], state.hyperparams["eps"]
 
         def leaf(g, stored, key, m):
@@ -151,7 +152,7 @@ class InfinityNorm(_StoredMoment, Stage):
             u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(stored, magnitude.dtype), magnitude)
             u, kept = store(self.storage, u, real_dtype(g.dtype), key)
             denominator = u if self.eps_in == "max" else u + eps_
-            out = m.astype(compute_dtype(m.dtype)) / denominator
+            out = safe_divide(m.astype(compute_dtype(m.dtype)), denominator)
             return out.astype(g.dtype), kept
 
         stream = INFINITY_NORM_STREAM
@@ -192,12 +193,12 @@ class UpdateRms(_StoredMoment, Stage):
     def init(self, params):
         return UpdateRmsState(
             jnp.zeros([], jnp.int32),
-            init_stored(self.storage, params, real_dtype),
+            init_stored(self.storage, params, real_moment_dtype),
             hp.as_arrays(**hp.complements(rho=self.rho), eps_root=self.eps_root),
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        self._check_structure(updates, state.delta_sq, "updates")
+        updates = self._conform(updates, state.delta_sq, "updates")
         one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
         count = optax.safe_increment(state.count)
 

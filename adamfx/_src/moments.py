@@ -33,7 +33,14 @@ from adamfx._src.storage import (
     resolve_storage,
     store,
 )
-from adamfx._src.tree_math import compute_dtype, real_dtype, scalar_like
+from adamfx._src.tree_math import (
+    compute_dtype,
+    moment_dtype,
+    real_dtype,
+    real_moment_dtype,
+    safe_divide,
+    scalar_like,
+)
 
 
 class Moments(NamedTuple):
@@ -99,18 +106,15 @@ class ScaleByMoments(Stage):
         rates = {name: rate for name, rate in zip(self.names, (self.b1, self.b2), strict=True) if rate is not None}
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=self._stored_zeros(params, self.mu_storage, lambda d: d),
-            nu=self._stored_zeros(params, self.nu_storage, real_dtype),
+            mu=self._stored_zeros(params, self.mu_storage, moment_dtype),
+            nu=self._stored_zeros(params, self.nu_storage, real_moment_dtype),
             hyperparams=hp.as_arrays(**hp.complements(**rates)),
         )
 
     def update(self, grads, state, params=None, **extra_args):
-        reference = (
-            parameter_shaped(self.mu_storage, state.mu)
-            if state.mu is not None
-            else parameter_shaped(self.nu_storage, state.nu)
-        )
-        checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
+        for storage, stored in ((self.mu_storage, state.mu), (self.nu_storage, state.nu)):
+            if stored is not None:
+                grads = checks.conform(grads, storage, parameter_shaped(storage, stored), "gradients")
         count = optax.safe_increment(state.count)
         c1 = None if self.b1 is None else state.hyperparams[hp.COMPLEMENT + self.names[0]]
         c2 = None if self.b2 is None else state.hyperparams[hp.COMPLEMENT + self.names[1]]
@@ -221,7 +225,7 @@ class Normalize(Stage):
         def leaf(m, v, g):
             m = m.astype(compute_dtype(m.dtype))
             denominator = jnp.sqrt(v + scalar_like(eps_root, v)) + scalar_like(eps, v)
-            return (m / denominator).astype(g.dtype)
+            return safe_divide(m, denominator).astype(g.dtype)
 
         return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
 
@@ -236,6 +240,10 @@ def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "correc
       uncorrected ``sqrt(v)``.
 
     ``eps_root`` sits inside the root (optax's ``eps_root``; Keras RMSprop's eps).
+    A zero gradient history with ``eps = 0`` (``0 / 0``) gives a zero update,
+    where PyTorch and optax give NaN. To differentiate *through* the update
+    (meta-learning), give ``eps_root > 0`` (optax's advice): ``sqrt`` has no
+    derivative at ``v = 0``.
     Emits parameter-shaped updates in the gradient's dtype. State: ``eps``, ``eps_root``.
     """
     checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
@@ -255,7 +263,7 @@ class MaxNu(Stage):
         return getattr(self.storage, "elementwise", True)
 
     def init(self, params):
-        return MaxNuState(init_stored(self.storage, params, real_dtype))
+        return MaxNuState(init_stored(self.storage, params, real_moment_dtype))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "max_nu")

@@ -35,7 +35,7 @@ from adamfx._src.storage import (
     parameter_shaped,
     resolve_storage,
 )
-from adamfx._src.tree_math import compute_dtype, scalar_like
+from adamfx._src.tree_math import compute_dtype, moment_dtype, scalar_like
 
 
 class TraceState(NamedTuple):
@@ -58,13 +58,12 @@ class Trace(Stage):
     def init(self, params):
         return TraceState(
             count=jnp.zeros([], jnp.int32),
-            trace=init_stored(self.storage, params, lambda d: d),
+            trace=init_stored(self.storage, params, moment_dtype),
             hyperparams=hp.as_arrays(momentum=self.momentum, dampening=self.dampening),
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        reference = parameter_shaped(self.storage, state.trace)
-        checks.check_same_structure(updates, reference, "updates", "optimizer state (built by init)")
+        updates = checks.conform(updates, self.storage, parameter_shaped(self.storage, state.trace), "updates")
         momentum, dampening = state.hyperparams["momentum"], state.hyperparams["dampening"]
         first = state.count == 0
         count = optax.safe_increment(state.count)
