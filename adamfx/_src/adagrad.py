@@ -77,12 +77,13 @@ def adagrad(
     """
     conv = compose.lookup(ADAGRAD_CONVENTIONS, convention)
     checks.check_hyperparameter("lr_decay", lr_decay, optional=True)
+    checks.check_hyperparameter("decay", decay)
     both = not checks.is_static_zero(lr_decay) and not checks.is_static_zero(decay)
     if both and checks.is_concrete(lr_decay) and checks.is_concrete(decay):
         raise ValueError(
             f"adagrad got lr_decay={lr_decay!r} and decay={decay!r}: they are one inverse-time decay, give one."
         )
-    if lr_decay is not None:  # traced (inject_hyperparams) values cannot be tested: one of them is 0
+    if not checks.is_static_zero(lr_decay):  # traced (inject_hyperparams) values cannot be tested: one of them is 0
         decay = lr_decay if checks.is_static_zero(decay) else decay + lr_decay
     initial_accumulator_value = compose.pick(initial_accumulator_value, conv.initial_accumulator_value)
     return compose.finish(

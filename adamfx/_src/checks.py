@@ -156,13 +156,9 @@ def is_static_zero(value: Any) -> bool:
 
 def is_concrete(value: Any) -> bool:
     """Whether ``value`` can be read as a Python number now (not traced, not a schedule)."""
-    if isinstance(value, jax.core.Tracer) or callable(value) or value is None:
-        return False
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+        return np.shape(value) == ()
+    return isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, bool)
 
 
 def as_python_scalar(value: Any) -> Any:

@@ -39,12 +39,12 @@ def require(factory: str, **values: Any) -> None:
     for name, value in values.items():
         if value is None:
             allowed = checks.HYPERPARAMETERS[name]._replace(optional=False).describe()
-            raise ValueError(f"{factory}({name}=None) is invalid: {name} must be {allowed}.")
+            raise ValueError(f"{name}=None is invalid: {factory}() needs {name}, it must be {allowed}.")
 
 
 def warn_if_rho(factory: str, decay: Any) -> None:
-    """Warns when ``decay`` looks like optax's ``decay`` (the moving-average rate, adamfx's ``rho``)."""
-    if checks.is_concrete(decay) and float(decay) >= 0.5:
+    """Warns when ``decay`` in [0.5, 1) looks like optax's ``decay`` (the moving-average rate, adamfx's ``rho``)."""
+    if checks.is_concrete(decay) and 0.5 <= float(decay) < 1:  # a moving-average rate, surely
         warnings.warn(
             f"{factory}(decay={decay!r}) is the legacy learning-rate decay lr / (1 + decay t), as in Keras; "
             f"optax's rmsprop/adadelta decay is the moving-average rate, which adamfx calls rho: "
