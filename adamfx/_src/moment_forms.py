@@ -68,7 +68,17 @@ class AccumulateSquares(_StoredMoment, Stage):
         return {"initial_accumulator_value": self.initial_value}
 
     def init(self, params):
-        nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
+        if not isinstance(self.initial_value, jax.core.Tracer):
+            nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
+            return SumState(jnp.zeros([], jnp.int32), nu, {})
+        # A traced v_0 (optax.inject_hyperparams under jit): v_0 = 0 * zeros + 1 * v_0, through the storage.
+        zeros = init_stored(self.storage, params, real_moment_dtype)
+
+        def leaf(p, stored, key):
+            start = jnp.full(p.shape, self.initial_value, compute_dtype(real_moment_dtype(p.dtype)))
+            return accumulate(self.storage, stored, start, 1, 0.0, 1.0, real_moment_dtype(p.dtype))
+
+        _, nu = map_stored(self.storage, leaf, params, zeros, jnp.zeros([], jnp.int32), SUM_STREAM)
         return SumState(jnp.zeros([], jnp.int32), nu, {})
 
     def update(self, grads, state, params=None, **extra_args):
