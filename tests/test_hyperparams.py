@@ -332,3 +332,23 @@ def test_hyperparams_reach_through_wrappers():
     optax_state = optax.MultiSteps(adamfx.adam(1e-3), 2).init({"w": jnp.ones(2)})
     changed = adamfx.set_hyperparams(optax_state, learning_rate=2e-3)
     assert changed.inner_opt_state[-1].hyperparams["learning_rate"] == np.float32(2e-3)
+
+
+def test_hyperparams_right_after_set_hyperparams_shows_the_new_values():
+    """Issue 10: it used to show the learning rate of the last step until the next one."""
+    params = {"w": jnp.zeros(3)}
+    tx = adamfx.adam(1e-3, decay=0.1)
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.ones(3)}, state, params)
+    state = adamfx.set_hyperparams(state, learning_rate=3e-4, b1=0.8, decay=0.5)
+    shown = adamfx.hyperparams(state)
+    assert float(shown["learning_rate"]) == np.float32(3e-4)
+    assert float(shown["decay"]) == 0.5
+    assert float(shown["b1"]) == pytest.approx(0.8, rel=1e-7)
+
+
+@pytest.mark.parametrize("value", [None, jnp.ones(3), "1e-3", 1 + 1j, 1e39, optax.constant_schedule(1e-3)])
+def test_set_hyperparams_refuses_non_scalars_naming_the_name(value):
+    state = adamfx.adam(1e-3).init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"learning_rate=.* is invalid"):
+        adamfx.set_hyperparams(state, learning_rate=value)

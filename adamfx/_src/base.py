@@ -140,7 +140,8 @@ class Chain(Stage):
     in optax: their update is zero and the stages see a float32 scalar in
     their place (so the state keeps a scalar stand-in for them). With the params
     given, a gradient leaf whose shape differs from its parameter's is an error
-    naming its path.
+    naming its path. The updates have the gradients' dtypes (the stages compute
+    in the state's dtypes, fixed by ``init``).
     """
 
     transforms: tuple[GradientTransformationExtraArgs, ...]
@@ -176,7 +177,20 @@ class Chain(Stage):
             new_state.append(inner_state)
         if passive is not None and any(passive):
             updates = _pass_through(updates, original, passive)
+        if passive is not None:
+            updates = _like(updates, original)
         return updates, tuple(new_state)
+
+
+def _like(updates: Any, grads: Any) -> Any:
+    """The updates in the gradients' dtypes (the stages compute in the state's, which may be wider).
+
+    optax's ``apply_if_finite`` and ``MultiSteps`` put the updates and zeros like
+    the gradients in one ``lax.cond``, so both must have one dtype.
+    """
+    if jax.tree.structure(updates) != jax.tree.structure(grads):
+        return updates
+    return jax.tree.map(lambda u, g: u.astype(g.dtype) if u.dtype != g.dtype else u, updates, grads)
 
 
 def _is_parameter_tree(updates: Any) -> bool:
