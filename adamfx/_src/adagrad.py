@@ -70,7 +70,7 @@ def adagrad(
       initial_accumulator_value: ``v_0``; ``None`` takes the convention's default.
       eps: ``None`` takes the convention's default.
       weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
-      nu_dtype: storage of the accumulator (default: the parameter dtype).
+      nu_dtype: storage of the accumulator (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx
     >>> tx = adamfx.adagrad(1e-2, convention="torch")

@@ -91,9 +91,9 @@ def adam(
       amsgrad: keep the running maximum of the second moment (Reddi et al., 2018).
       convention: ``"optax"``, ``"torch"`` or ``"keras"``.
       mu_dtype, nu_dtype: how the moments are stored between steps: ``None`` (like the
-        parameters), a float dtype such as ``jnp.bfloat16`` (rounded stochastically when
-        narrower than the maths), ``"int8"`` (8-bit block-wise), ``"factored"`` (``nu``
-        only: Adafactor's row/column means) or a storage object
+        parameters, but float32 for float16 parameters, whose range cannot hold ``g^2``),
+        a float dtype such as ``jnp.bfloat16`` (rounded stochastically when narrower than the maths),
+        ``"int8"`` (8-bit block-wise), ``"factored"`` (``nu`` only: Adafactor's row/column means) or a storage object
         (:class:`adamfx.FloatStorage`, :class:`adamfx.Int8Storage`, :class:`adamfx.FactoredStorage`).
 
     Example:

@@ -76,7 +76,7 @@ def nadam(
       eps_root: added inside the root (optax).
       weight_decay: coupled L2 or decoupled (PyTorch's ``decoupled_weight_decay``), as the convention says.
       weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
-      mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype).
+      mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx
     >>> tx = adamfx.nadam(2e-3, convention="torch")

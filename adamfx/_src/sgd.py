@@ -73,7 +73,7 @@ def sgd(
       decoupled: override the convention's meaning of ``weight_decay``.
       decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
       convention: ``"optax"``, ``"torch"`` or ``"keras"``.
-      mu_dtype: storage of the momentum buffer (default: the parameter dtype).
+      mu_dtype: storage of the momentum buffer (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx, jax.numpy as jnp, optax
     >>> params = {"w": jnp.ones(2)}
