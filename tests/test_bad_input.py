@@ -169,6 +169,17 @@ def test_adam_refuses_b1_none_instead_of_dropping_the_first_moment():
             adamfx.adam(**{name: None})
 
 
-def test_a_numpy_bool_array_mask_is_refused_naming_the_mask():
-    with pytest.raises(ValueError, match=r"weight_decay_mask has a leaf array\(\[ True, False\]\)"):
-        adamfx.adamw(1e-3, weight_decay_mask=np.array([True, False]))
+def test_a_numpy_bool_array_mask_compares_by_value_and_decays_elementwise():
+    """It used to be stored as the array, so ``==`` between two optimizers raised."""
+    a = adamfx.adamw(0.1, weight_decay=0.5, weight_decay_mask=np.array([True, False]))
+    b = adamfx.adamw(0.1, weight_decay=0.5, weight_decay_mask=jnp.array([True, False]))
+    assert a == b and hash(a) == hash(b)
+    assert a != adamfx.adamw(0.1, weight_decay=0.5, weight_decay_mask=np.array([False, True]))
+    params = jnp.array([2.0, 2.0])
+    updates, _ = a.update(jnp.zeros(2), a.init(params), params)
+    np.testing.assert_allclose(updates, [-0.1 * 0.5 * 2.0, 0.0], rtol=1e-6)  # p -= lr wd p where masked
+
+
+def test_a_mask_of_numbers_is_refused_naming_the_mask():
+    with pytest.raises(ValueError, match=r"weight_decay_mask has a leaf 0.5: a mask holds a bool"):
+        adamfx.adamw(1e-3, weight_decay_mask={"w": 0.5})

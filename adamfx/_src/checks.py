@@ -276,25 +276,47 @@ def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
 
 
 def check_mask(name: str, frozen: Any) -> None:
-    """Raises ``ValueError`` unless a frozen mask holds one Python bool per leaf (or is a callable/None)."""
+    """Raises ``ValueError`` unless a frozen mask holds bools (one per leaf, or a bool array per leaf)."""
     if not isinstance(frozen, FrozenTree):
         if frozen is not None and not callable(frozen):
             raise ValueError(f"{name}={frozen!r} is invalid: it must be a pytree of bools, a callable or None.")
         return
     for leaf in frozen[1]:
-        if not isinstance(leaf, (bool, np.bool_)):
+        if not (isinstance(leaf, (bool, np.bool_)) or (isinstance(leaf, FrozenArray) and leaf.array.dtype == bool)):
             raise ValueError(
-                f"{name} has a leaf {leaf!r}: a mask holds one bool (True/False) per parameter leaf; "
-                "for a per-element choice use a callable or optax.masked on a finer tree."
+                f"{name} has a leaf {leaf!r}: a mask holds a bool (or an array of bools) per parameter leaf."
             )
 
 
 def freeze(tree: Any) -> Any:
-    """A hashable stand-in for a pytree of Python values (masks), or callables as they are."""
+    """A hashable stand-in for a pytree of Python values and arrays (masks), or callables as they are."""
     if tree is None or callable(tree):
         return tree
     leaves, treedef = jax.tree.flatten(tree)
-    return FrozenTree(treedef, tuple(as_python_scalar(leaf) for leaf in leaves))
+    frozen = (as_python_scalar(leaf) for leaf in leaves)
+    return FrozenTree(treedef, tuple(FrozenArray(x) if isinstance(x, (np.ndarray, jax.Array)) else x for x in frozen))
+
+
+class FrozenArray:
+    """A concrete array that compares and hashes by value (``==`` on arrays is elementwise)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any):
+        self.array = np.array(array)
+        self.array.flags.writeable = False
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, FrozenArray):
+            return NotImplemented
+        a, b = self.array, other.array
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+    def __hash__(self) -> int:
+        return hash((self.array.shape, self.array.dtype.str, self.array.tobytes()))
+
+    def __repr__(self) -> str:
+        return repr(self.array)
 
 
 class FrozenTree(tuple):
@@ -304,7 +326,7 @@ class FrozenTree(tuple):
         return super().__new__(cls, (treedef, leaves))
 
     def thaw(self) -> Any:
-        return jax.tree.unflatten(self[0], self[1])
+        return jax.tree.unflatten(self[0], [x.array if isinstance(x, FrozenArray) else x for x in self[1]])
 
 
 def thaw(frozen: Any) -> Callable | Any:

@@ -103,7 +103,7 @@ class ScaleByMoments(Stage):
         return None if storage is None else init_stored(storage, params, default_dtype)
 
     def init(self, params):
-        rates = {name: rate for name, rate in zip(self.names, (self.b1, self.b2), strict=True) if rate is not None}
+        rates = self.hyperparameters()
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=self._stored_zeros(params, self.mu_storage, moment_dtype),
