@@ -111,8 +111,10 @@ def test_preserves_dtypes(name, dtype):
             assert leaf.dtype == dtype
             assert bool(jnp.all(jnp.isfinite(leaf)))
         assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
-        for leaf in jax.tree.leaves(state):  # moments like the params (second moments real), counters int
-            assert leaf.dtype in (dtype, jnp.finfo(dtype).dtype, jnp.int32) or leaf.ndim == 0
+        # moments like the params (second moments real; float32 for float16 params, issue 10), counters int
+        kept = jnp.float32 if dtype == jnp.float16 else dtype
+        for leaf in jax.tree.leaves(state):
+            assert leaf.dtype in (kept, jnp.finfo(kept).dtype, jnp.int32) or leaf.ndim == 0
 
 
 BF16 = jnp.bfloat16

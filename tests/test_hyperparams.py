@@ -172,7 +172,7 @@ def test_equal_arguments_give_equal_optimizers_with_equal_hashes():
             adamfx.adamw(1e-3, weight_decay=0.1, convention="torch"),
         ),
         (adamfx.adam(jnp.array(1e-3)), adamfx.adam(jnp.array(1e-3))),  # 0-d arrays are stored as Python numbers
-        (adamfx.adam(jnp.array(0.5)), adamfx.adam(0.5)),
+        (adamfx.adam(np.array(0.5)), adamfx.adam(0.5)),  # a NumPy 0-d array is a number
         (adamfx.adam(np.float32(0.5)), adamfx.adam(0.5)),
         (
             adamfx.adam(weight_decay=1e-2, weight_decay_mask={"w": jnp.array(True), "b": np.bool_(False)}),
@@ -182,6 +182,7 @@ def test_equal_arguments_give_equal_optimizers_with_equal_hashes():
     for a, b in pairs:
         assert a == b and hash(a) == hash(b)
     assert adamfx.adam(1e-3) != adamfx.adam(2e-3)
+    assert adamfx.adam(jnp.array(0.5)) != adamfx.adam(0.5)  # a JAX array is injected (read at every step)
     assert adamfx.adam(1e-3) == adamfx.adam(1e-3, convention="torch")  # the same composition
     assert adamfx.adam(1e-3) != adamfx.adam(1e-3, convention="keras")
 
@@ -331,3 +332,23 @@ def test_hyperparams_reach_through_wrappers():
     optax_state = optax.MultiSteps(adamfx.adam(1e-3), 2).init({"w": jnp.ones(2)})
     changed = adamfx.set_hyperparams(optax_state, learning_rate=2e-3)
     assert changed.inner_opt_state[-1].hyperparams["learning_rate"] == np.float32(2e-3)
+
+
+def test_hyperparams_right_after_set_hyperparams_shows_the_new_values():
+    """Issue 10: it used to show the learning rate of the last step until the next one."""
+    params = {"w": jnp.zeros(3)}
+    tx = adamfx.adam(1e-3, decay=0.1)
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.ones(3)}, state, params)
+    state = adamfx.set_hyperparams(state, learning_rate=3e-4, b1=0.8, decay=0.5)
+    shown = adamfx.hyperparams(state)
+    assert float(shown["learning_rate"]) == np.float32(3e-4)
+    assert float(shown["decay"]) == 0.5
+    assert float(shown["b1"]) == pytest.approx(0.8, rel=1e-7)
+
+
+@pytest.mark.parametrize("value", [None, jnp.ones(3), "1e-3", 1 + 1j, 1e39, optax.constant_schedule(1e-3)])
+def test_set_hyperparams_refuses_non_scalars_naming_the_name(value):
+    state = adamfx.adam(1e-3).init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"learning_rate=.* is invalid"):
+        adamfx.set_hyperparams(state, learning_rate=value)

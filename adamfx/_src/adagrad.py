@@ -25,13 +25,14 @@ ADAGRAD_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def adagrad(
     learning_rate: Any = None,
-    lr_decay: float = 0.0,
+    lr_decay: float | None = None,
     initial_accumulator_value: float | None = None,
     eps: float | None = None,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -75,17 +76,21 @@ def adagrad(
       eps: ``None`` takes the convention's default.
       weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
-      nu_dtype: storage of the accumulator (default: the parameter dtype).
+      nu_dtype: storage of the accumulator (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx
     >>> tx = adamfx.adagrad(1e-2, convention="torch")
     """
     conv = compose.lookup(ADAGRAD_CONVENTIONS, convention)
-    checks.check_range("lr_decay", lr_decay, 0.0)
-    if lr_decay and decay:
+    checks.check_hyperparameter("lr_decay", lr_decay, optional=True)
+    checks.check_hyperparameter("decay", decay)
+    both = not checks.is_static_zero(lr_decay) and not checks.is_static_zero(decay)
+    if both and checks.is_concrete(lr_decay) and checks.is_concrete(decay):
         raise ValueError(
             f"adagrad got lr_decay={lr_decay!r} and decay={decay!r}: they are one inverse-time decay, give one."
         )
+    if not checks.is_static_zero(lr_decay):  # traced (inject_hyperparams) values cannot be tested: one of them is 0
+        decay = lr_decay if checks.is_static_zero(decay) else decay + lr_decay
     initial_accumulator_value = compose.pick(initial_accumulator_value, conv.initial_accumulator_value)
     return compose.finish(
         [
@@ -94,7 +99,7 @@ def adagrad(
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay or lr_decay,
+        decay=decay,
         weight_decay=weight_decay,
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,

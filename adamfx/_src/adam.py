@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import checks
+from adamfx._src import checks, compose
 from adamfx._src.base import chain
 from adamfx._src.clipping import gradient_stages
 from adamfx._src.corrections import nesterov_momentum
@@ -34,6 +34,7 @@ def convention_of(name: str) -> AdamConvention:
     return CONVENTIONS[name]
 
 
+@checks.porting_aids
 def adam(
     learning_rate: Any = 1e-3,
     b1: float = 0.9,
@@ -42,7 +43,7 @@ def adam(
     *,
     eps_root: float = 0.0,
     decay: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     amsgrad: bool = False,
@@ -91,10 +92,11 @@ def adam(
       learning_rate: a number or a schedule ``count -> lr`` (optax schedules work).
       b1, b2: decay rates of the first and second moments, in [0, 1).
       eps: added to the root of the second moment; ``None`` takes the convention's default.
-      eps_root: added inside the root (optax).
+      eps_root: added inside the root (optax). Give it (e.g. 1e-16) to differentiate
+        *through* the update (meta-learning): ``sqrt`` has no derivative at ``v = 0``.
       decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
-      weight_decay: coupled L2 or decoupled decay, as the convention says; a number or a
-        schedule ``count -> weight_decay`` (optax's ``adamw``: read at the steps taken, from 0).
+      weight_decay: coupled L2 or decoupled decay, as the convention says; a number, a
+        schedule ``count -> weight_decay`` (optax's ``adamw``: read at the steps taken, from 0), or ``None``/0: none.
       weight_decay_mask: pytree of bools (or callable of params) selecting decayed leaves.
       decoupled: override the convention's meaning of ``weight_decay``.
       amsgrad: keep the running maximum of the second moment (Reddi et al., 2018).
@@ -117,9 +119,9 @@ def adam(
         (``negate -> unscale_loss -> clip``), under every convention; ``None`` turns each off.
       convention: ``"optax"``, ``"torch"`` or ``"keras"``.
       mu_dtype, nu_dtype: how the moments are stored between steps: ``None`` (like the
-        parameters), a float dtype such as ``jnp.bfloat16`` (rounded stochastically when
-        narrower than the maths), ``"int8"`` (8-bit block-wise), ``"factored"`` (``nu``
-        only: Adafactor's row/column means) or a storage object
+        parameters, but float32 for float16 parameters, whose range cannot hold ``g^2``),
+        a float dtype such as ``jnp.bfloat16`` (rounded stochastically when narrower than the maths),
+        ``"int8"`` (8-bit block-wise), ``"factored"`` (``nu`` only: Adafactor's row/column means) or a storage object
         (:class:`adamfx.FloatStorage`, :class:`adamfx.Int8Storage`, :class:`adamfx.FactoredStorage`).
 
     Example:
@@ -134,6 +136,7 @@ def adam(
     Array([0.999, 0.999, 0.999], dtype=float32)
     """
     conv = convention_of(convention)
+    compose.require("adam", b1=b1, b2=b2)
     eps = conv.eps if eps is None else eps
     if decoupled is None:
         decoupled = conv.adam_weight_decay == "decoupled"
@@ -142,7 +145,8 @@ def adam(
             f"adam(nesterov=True, bias_correction_mu={bias_correction_mu!r}, bias_correction_nu="
             f"{bias_correction_nu!r}) is invalid: the Nesterov look-ahead corrects both moments."
         )
-    decay_weights = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
+    no_decay = checks.is_static_zero(weight_decay)
+    decay_weights = [] if no_decay else [add_decayed_weights(weight_decay, weight_decay_mask)]
     amsgrad_raw = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "raw" else []
     amsgrad_corrected = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "corrected" else []
     correction = nesterov_momentum(None) if nesterov else bias_correction(mu=bias_correction_mu, nu=bias_correction_nu)
@@ -166,6 +170,7 @@ def adam(
     )
 
 
+@checks.porting_aids
 def adamw(
     learning_rate: Any = 1e-3,
     b1: float = 0.9,
@@ -173,8 +178,19 @@ def adamw(
     eps: float | None = None,
     weight_decay: float | None = None,
     *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
-    **kwargs: Any,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ):
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
@@ -184,17 +200,60 @@ def adamw(
     (``optax.adamw``), 1e-2 for ``"torch"`` (``torch.optim.AdamW``), 4e-3 for
     ``"keras"`` (``keras.optimizers.AdamW``). ``weight_decay`` may be a schedule
     ``count -> weight_decay`` (optax's ``adamw``). ``nesterov=True`` is optax's
-    ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`.
+    ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`
+    (optax's ``mask`` is ``weight_decay_mask``).
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
     """
     conv = convention_of(convention)
     weight_decay = conv.adamw_weight_decay if weight_decay is None else weight_decay
-    return adam(learning_rate, b1, b2, eps, weight_decay=weight_decay, decoupled=True, convention=convention, **kwargs)
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
 
 
-def amsgrad(learning_rate: Any = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float | None = None, **kwargs: Any):
+@checks.porting_aids
+def amsgrad(
+    learning_rate: Any = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
     """AMSGrad (Reddi et al., 2018): Adam with ``v`` replaced by its running maximum.
 
     PyTorch and Keras max the raw ``v`` and correct afterwards; optax maxes the
@@ -206,4 +265,25 @@ def amsgrad(learning_rate: Any = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: 
     >>> import adamfx
     >>> tx = adamfx.amsgrad(1e-3, convention="torch")
     """
-    return adam(learning_rate, b1, b2, eps, amsgrad=True, **kwargs)
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=decoupled,
+        amsgrad=True,
+        bias_correction_mu=bias_correction_mu,
+        bias_correction_nu=bias_correction_nu,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.adam import CONVENTIONS as ADAM_CONVENTIONS
 from adamfx._src.moment_forms import infinity_norm
 from adamfx._src.moments import bias_correction, scale_by_moments
@@ -26,13 +26,14 @@ ADAMAX_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def adamax(
     learning_rate: Any = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -78,6 +79,7 @@ def adamax(
     >>> tx = adamfx.adamax(2e-3, convention="keras")
     """
     conv = compose.lookup(ADAMAX_CONVENTIONS, convention)
+    compose.require("adamax", b1=b1, b2=b2)
     return compose.finish(
         [
             scale_by_moments(b1, None, mu_dtype=mu_dtype),
@@ -98,6 +100,7 @@ def adamax(
     )
 
 
+@checks.porting_aids
 def adamaxw(
     learning_rate: Any = None,
     b1: float = 0.9,
@@ -105,8 +108,16 @@ def adamaxw(
     eps: float | None = None,
     weight_decay: Any = None,
     *,
+    weight_decay_mask: Any = None,
+    decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
-    **kwargs: Any,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ):
     """AdamaxW: :func:`adamax` with decoupled weight decay, ``p -= lr_t (m_t / ((1 - b1^t) u_t) + wd p)``.
 
@@ -121,5 +132,20 @@ def adamaxw(
     """
     weight_decay = compose.pick(weight_decay, compose.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
     return adamax(
-        learning_rate, b1, b2, eps, weight_decay=weight_decay, decoupled=True, convention=convention, **kwargs
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        decay=decay,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
     )

@@ -25,13 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adamfx._src import checks
+from adamfx._src import hyperparams as hp
+
 _SHOWN = 8  # paths listed per kind of difference
 
 
 def _key(entry) -> str:
+    """One path part; a ``/`` inside a key is escaped, so ``{"a/b": ..}`` and ``{"a": {"b": ..}}`` differ."""
     for attribute in ("key", "name", "idx"):
         if hasattr(entry, attribute):
-            return str(getattr(entry, attribute))
+            return str(getattr(entry, attribute)).replace("%", "%25").replace("/", "%2F")
     return str(entry)
 
 
@@ -141,4 +145,27 @@ def restore_state(tx, params: Any, restored: Any) -> Any:
     got = flat_state(restored)
     paths = list(flat_state(expected))
     leaves = [got[path] if isinstance(got[path], jax.Array) else jnp.asarray(got[path]) for path in paths]
-    return jax.tree.unflatten(jax.tree.structure(expected), leaves)
+    state = jax.tree.unflatten(jax.tree.structure(expected), leaves)
+    check_hyperparameter_values(state)
+    return state
+
+
+def check_hyperparameter_values(state: Any) -> None:
+    """Raises ``ValueError`` if a hyperparameter in ``state`` is outside the table of ranges.
+
+    The same table construction and :func:`adamfx.set_hyperparams` use
+    (:data:`adamfx._src.checks.HYPERPARAMETERS`): a checkpoint holding ``b1=2``
+    or ``learning_rate=-1`` is refused, naming the stage state's path.
+    """
+    for labels, stage_state in hp._stage_states(state):
+        for stored_name, value in stage_state.hyperparams.items():
+            number = np.asarray(hp._unwrap(value), dtype=np.float64)
+            if number.shape != ():
+                raise ValueError(f"the checkpoint's hyperparameter {stored_name} is not a scalar: shape {number.shape}")
+            name = hp._public(stored_name)
+            number = 1.0 - float(number) if stored_name != name else float(number)  # the complement 1 - b
+            try:
+                checks.check_hyperparameter(name, number, optional=False)
+            except ValueError as error:
+                where = f" (parameter group {'/'.join(map(str, labels))})" if labels else ""
+                raise ValueError(f"the checkpoint holds an invalid hyperparameter{where}: {error}") from None

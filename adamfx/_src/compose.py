@@ -8,6 +8,7 @@ stages every optimizer shares around its own core stages.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,12 +31,6 @@ def pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def is_zero(value: Any) -> bool:
-    """``value`` is a concrete number equal to 0 (a traced or array value is not: it keeps its stage)."""
-    number = checks.as_python_scalar(value)
-    return isinstance(number, (int, float)) and number == 0
-
-
 def effective_nesterov(nesterov: bool, momentum: Any, convention: Any) -> bool:
     """``nesterov`` unless the convention reads Nesterov without momentum as plain SGD (Keras, optax).
 
@@ -43,12 +38,36 @@ def effective_nesterov(nesterov: bool, momentum: Any, convention: Any) -> bool:
     momentum 0 take plain steps; PyTorch refuses them (``convention.nesterov_needs_momentum``),
     and :func:`adamfx.trace` raises there.
     """
-    return bool(nesterov) and (convention.nesterov_needs_momentum or not is_zero(momentum))
+    return bool(nesterov) and (convention.nesterov_needs_momentum or not checks.is_static_zero(momentum))
+
+
+def require(factory: str, **values: Any) -> None:
+    """Raises ``ValueError`` for a hyperparameter given as ``None`` where this optimizer needs a number.
+
+    (The stages take ``None`` for "keep no such moment"; ``adam(b1=None)`` must not
+    silently become RMSprop.)
+    """
+    for name, value in values.items():
+        if value is None:
+            allowed = checks.HYPERPARAMETERS[name]._replace(optional=False).describe()
+            raise ValueError(f"{name}=None is invalid: {factory}() needs {name}, it must be {allowed}.")
+
+
+def warn_if_rho(factory: str, decay: Any) -> None:
+    """Warns when ``decay`` in [0.5, 1) looks like optax's ``decay`` (the moving-average rate, adamfx's ``rho``)."""
+    if checks.is_concrete(decay) and 0.5 <= float(decay) < 1:  # a moving-average rate, surely
+        warnings.warn(
+            f"{factory}(decay={decay!r}) is the legacy learning-rate decay lr / (1 + decay t), as in Keras; "
+            f"optax's rmsprop/adadelta decay is the moving-average rate, which adamfx calls rho: "
+            f"did you mean rho={decay!r}?",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
     """:func:`normalize` with ``eps`` inside the root (``sqrt(v + eps)``) or outside it (``sqrt(v) + eps``)."""
-    checks.check_range("eps", eps, 0.0)
+    checks.check_hyperparameter("eps", eps)  # inside the root the stage calls it eps_root: name the user's argument
     return normalize(0.0, eps_root=eps) if in_root else normalize(eps)
 
 
@@ -58,7 +77,7 @@ def finish(
     *,
     learning_rate: Any,
     decay: float,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     momentum: Sequence[GradientTransformation] = (),
@@ -96,10 +115,11 @@ def finish(
         global_clipnorm=global_clipnorm,
     )
     decoupled = convention.weight_decay == "decoupled" if decoupled is None else bool(decoupled)
-    decayed = [add_decayed_weights(weight_decay, weight_decay_mask)] if weight_decay else []
+    decayed = [] if checks.is_static_zero(weight_decay) else [add_decayed_weights(weight_decay, weight_decay_mask)]
     if lr_inside and momentum:
-        bypass = [decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)] if decoupled else []
-        tail = [lr_decay(learning_rate, decay), *momentum, *(bypass if decayed else [])]
+        bypassed = decayed and decoupled
+        bypass = [decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)] if bypassed else []
+        tail = [lr_decay(learning_rate, decay), *momentum, *bypass]
     else:
         tail = [*momentum, *(decayed if decoupled else []), lr_decay(learning_rate, decay)]
     return chain(*gradient, *([] if decoupled else decayed), *core, *tail)

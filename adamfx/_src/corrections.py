@@ -85,7 +85,6 @@ def nesterov_momentum(momentum_decay: float | None = 4e-3):
     hyperparameter ``momentum_decay``. Used by :func:`adamfx.nadam`, and by
     :func:`adamfx.radam` with ``nesterov=True``.
     """
-    checks.check_range("momentum_decay", momentum_decay, 0.0)
     return NesterovMomentum(momentum_decay).transform()
 
 
@@ -158,8 +157,5 @@ def rectify(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "correcte
     to the raw ``sqrt(v)``: ``eps_on="raw"``). PyTorch takes ``rho_t > 5``,
     optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
     """
-    checks.check_range("eps", eps, 0.0)
-    checks.check_range("eps_root", eps_root, 0.0)
     checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    checks.check_range("threshold", threshold, 4.0)
     return Rectify(eps, eps_root, eps_on, threshold, bool(inclusive)).transform()

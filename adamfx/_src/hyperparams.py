@@ -6,9 +6,14 @@ Changing them is therefore a change of *values*, never of the traced program:
 a jitted train step does not recompile when the learning rate moves.
 
 A stage state may also have a field named like one of its hyperparameters; it
-reports the value in effect at the last step (``lr_decay`` stores the learning
-rate after its schedule and legacy ``decay`` that way), and
-:func:`hyperparams` shows that value.
+records the value in effect at the last step (``lr_decay`` stores the learning
+rate after its schedule and legacy ``decay`` that way). :func:`hyperparams`
+shows it for a learning rate given as a schedule, which has no value to set;
+a number shows as it was set.
+
+Every value :func:`set_hyperparams` takes is checked against the one table
+of ranges, :data:`adamfx._src.checks.HYPERPARAMETERS` (the one construction
+and :func:`adamfx.restore_state` use).
 
 Stage states are found wherever they sit in the state: inside adamfx chains,
 inside optax wrappers (``MultiSteps``, ``apply_if_finite``, ``masked``,
@@ -37,18 +42,8 @@ def as_arrays(**values: Any) -> dict[str, jax.Array]:
     return {name: jnp.asarray(value, dtype=float) for name, value in values.items()}
 
 
-# State fields that report the value in effect at the last step.
+# State fields that record the value in effect at the last step (shown for schedules).
 _REPORTED_FIELDS = {"learning_rate"}
-
-# Allowed ranges beyond the default [0, inf): (low, high, high inclusive).
-_RANGES = {
-    "b1": (0.0, 1.0, False),
-    "b2": (0.0, 1.0, False),
-    "ema_momentum": (0.0, 1.0, True),
-    "rho": (0.0, 1.0, False),  # RMSprop's and Adadelta's moving-average rate
-    "momentum": (0.0, 1.0, True),  # SGD's and RMSprop's momentum buffer
-    "dampening": (0.0, 1.0, True),
-}
 
 
 COMPLEMENT = "1-"
@@ -137,15 +132,17 @@ def _own_values(stage_state: Any) -> dict[str, Any]:
         for name, value in stage_state.hyperparams.items()
     }
     for name in _REPORTED_FIELDS & set(stage_state._fields):
-        values[name] = getattr(stage_state, name)
+        values.setdefault(name, getattr(stage_state, name))  # a schedule: the value last applied
     return values
 
 
 def hyperparams(state: Any, group: Any = None) -> dict[str, jax.Array]:
     """The current hyperparameters of an optimizer state, by name.
 
-    For ``learning_rate`` this is the value applied at the last step (after the
-    schedule and the legacy ``decay``); before the first step, its initial value.
+    Each value is the one in the state: what the optimizer was built with or
+    :func:`set_hyperparams` last set. A ``learning_rate`` given as a schedule
+    shows the value applied at the last step (after the schedule and the legacy
+    ``decay``); before the first step, the schedule's value at step 0.
     ``group`` selects one parameter group (see the module docstring); a name
     whose value is kept per group needs it.
 
@@ -197,20 +194,28 @@ def set_hyperparams(state: Any, group: Any = None, **values: Any) -> Any:
 
     Values keep the dtype and shape of the arrays they replace, so a jitted
     update does not recompile. ``group`` limits the change to one parameter
-    group. Unknown names raise ``KeyError`` listing the valid ones; out-of-range
-    values raise ``ValueError``. A learning rate given as a schedule cannot be
-    replaced (it is not a number in the state). :func:`hyperparams` keeps
-    reporting the learning rate of the last step until the next step applies the
-    new one.
+    group. Unknown names raise ``KeyError`` listing the valid ones; values
+    outside the table of ranges (:data:`adamfx._src.checks.HYPERPARAMETERS`),
+    non-scalars, ``None`` and values the state's dtype cannot hold raise
+    ``ValueError``. A learning rate given as a schedule cannot be replaced (it
+    is not a number in the state). :func:`hyperparams` shows the new values at once.
 
     >>> import adamfx, jax.numpy as jnp
     >>> state = adamfx.adam(1e-3).init({"w": jnp.zeros(3)})
     >>> state = adamfx.set_hyperparams(state, learning_rate=1e-4)
+    >>> float(adamfx.hyperparams(state)["learning_rate"])
+    9.999999747378752e-05
     """
     _check_names(state, group, set(values))
+    values = dict(values)
     for name, value in values.items():
-        low, high, inclusive = _RANGES.get(name, (0.0, float("inf"), False))
-        checks.check_range(name, value, low, high, high_inclusive=inclusive)
+        if callable(value):
+            raise ValueError(
+                f"{name}={value!r} is invalid here: set_hyperparams takes numbers; give a schedule "
+                "when building the optimizer."
+            )
+        checks.check_hyperparameter(name, value, optional=False)
+        values[name] = checks.as_python_scalar(value)
 
     def replace(labels, node):
         if group is not None and group not in labels:

@@ -38,7 +38,7 @@ from adamfx._src.storage import (
     resolve_storage,
     store,
 )
-from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, scalar_like
+from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, real_moment_dtype, safe_divide, scalar_like
 
 
 class _StoredMoment:
@@ -48,9 +48,9 @@ class _StoredMoment:
     def elementwise(self) -> bool:
         return getattr(self.storage, "elementwise", True)
 
-    def _check_structure(self, tree, stored, what: str) -> None:
-        reference = parameter_shaped(self.storage, stored)
-        checks.check_same_structure(tree, reference, what, "optimizer state (built by init)")
+    def _conform(self, tree, stored, what: str):
+        """``tree`` checked against the stored moment, in the state's dtypes (see :func:`checks.conform`)."""
+        return checks.conform(tree, self.storage, parameter_shaped(self.storage, stored), what)
 
 
 class SumState(NamedTuple):
@@ -64,11 +64,25 @@ class AccumulateSquares(_StoredMoment, Stage):
     initial_value: float
     storage: Any
 
+    def hyperparameters(self):
+        return {"initial_accumulator_value": self.initial_value}
+
     def init(self, params):
-        return SumState(jnp.zeros([], jnp.int32), init_stored(self.storage, params, real_dtype, self.initial_value), {})
+        if not isinstance(self.initial_value, jax.core.Tracer):
+            nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
+            return SumState(jnp.zeros([], jnp.int32), nu, {})
+        # A traced v_0 (optax.inject_hyperparams under jit): v_0 = 0 * zeros + 1 * v_0, through the storage.
+        zeros = init_stored(self.storage, params, real_moment_dtype)
+
+        def leaf(p, stored, key):
+            start = jnp.full(p.shape, self.initial_value, compute_dtype(real_moment_dtype(p.dtype)))
+            return accumulate(self.storage, stored, start, 1, 0.0, 1.0, real_moment_dtype(p.dtype))
+
+        _, nu = map_stored(self.storage, leaf, params, zeros, jnp.zeros([], jnp.int32), SUM_STREAM)
+        return SumState(jnp.zeros([], jnp.int32), nu, {})
 
     def update(self, grads, state, params=None, **extra_args):
-        self._check_structure(grads, state.nu, "gradients")
+        grads = self._conform(grads, state.nu, "gradients")
         count = optax.safe_increment(state.count)
 
         def leaf(g, stored, key):
@@ -89,7 +103,6 @@ def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None)
     :func:`normalize` (there is no bias to correct). State: ``count``, ``nu``
     (stored as ``nu_dtype``). Used by :func:`adamfx.adagrad`.
     """
-    checks.check_range("initial_accumulator_value", initial_accumulator_value, 0.0)
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     return AccumulateSquares(initial_accumulator_value, storage).transform()
 
@@ -134,12 +147,12 @@ class InfinityNorm(_StoredMoment, Stage):
     storage: Any
 
     def init(self, params):
-        nu = init_stored(self.storage, params, real_dtype)
+        nu = init_stored(self.storage, params, real_moment_dtype)
         return InfinityNormState(nu, hp.as_arrays(b2=self.b2, eps=self.eps))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "infinity_norm")
-        self._check_structure(moments.grad, state.nu, "gradients")
+        moments = moments._replace(grad=self._conform(moments.grad, state.nu, "gradients"))
         b2, eps = state.hyperparams["b2"], state.hyperparams["eps"]
 
         def leaf(g, stored, key, m):
@@ -149,7 +162,7 @@ class InfinityNorm(_StoredMoment, Stage):
             u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(stored, magnitude.dtype), magnitude)
             u, kept = store(self.storage, u, real_dtype(g.dtype), key)
             denominator = u if self.eps_in == "max" else u + eps_
-            out = m.astype(compute_dtype(m.dtype)) / denominator
+            out = safe_divide(m.astype(compute_dtype(m.dtype)), denominator)
             return out.astype(g.dtype), kept
 
         stream = INFINITY_NORM_STREAM
@@ -169,8 +182,6 @@ def infinity_norm(b2: float = 0.999, eps: float = 1e-8, *, eps_in: str = "max", 
     parameter-shaped updates. State: ``nu`` (u, stored as ``nu_dtype``),
     hyperparameters ``b2``, ``eps``. Used by :func:`adamfx.adamax`.
     """
-    checks.check_range("b2", b2, 0.0, 1.0)
-    checks.check_range("eps", eps, 0.0)
     checks.check_choice("eps_in", eps_in, EPS_IN_MAX)
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     check_keeps_elements(storage, "nu_dtype", nu_dtype, "infinity_norm", "a running maximum")
@@ -192,12 +203,12 @@ class UpdateRms(_StoredMoment, Stage):
     def init(self, params):
         return UpdateRmsState(
             jnp.zeros([], jnp.int32),
-            init_stored(self.storage, params, real_dtype),
+            init_stored(self.storage, params, real_moment_dtype),
             hp.as_arrays(**hp.complements(rho=self.rho), eps_root=self.eps_root),
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        self._check_structure(updates, state.delta_sq, "updates")
+        updates = self._conform(updates, state.delta_sq, "updates")
         one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
         count = optax.safe_increment(state.count)
 
@@ -224,6 +235,4 @@ def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
     State: ``count``, ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
     ``eps_root``. Used by :func:`adamfx.adadelta`.
     """
-    checks.check_range("rho", rho, 0.0, 1.0)
-    checks.check_range("eps", eps, 0.0)
     return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()

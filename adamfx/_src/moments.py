@@ -33,7 +33,14 @@ from adamfx._src.storage import (
     resolve_storage,
     store,
 )
-from adamfx._src.tree_math import compute_dtype, real_dtype, scalar_like
+from adamfx._src.tree_math import (
+    compute_dtype,
+    moment_dtype,
+    real_dtype,
+    real_moment_dtype,
+    safe_divide,
+    scalar_like,
+)
 
 
 class Moments(NamedTuple):
@@ -85,6 +92,10 @@ class ScaleByMoments(Stage):
     names: tuple[str, str] = ("b1", "b2")
     initial_nu: float = 0.0
 
+    def hyperparameters(self):
+        rates = zip(self.names, (self.b1, self.b2), strict=True)
+        return {name: rate for name, rate in rates if rate is not None}
+
     @property
     def elementwise(self) -> bool:  # as elementwise as its storages (factored is not)
         return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
@@ -93,21 +104,18 @@ class ScaleByMoments(Stage):
         return None if storage is None else init_stored(storage, params, default_dtype, value)
 
     def init(self, params):
-        rates = {name: rate for name, rate in zip(self.names, (self.b1, self.b2), strict=True) if rate is not None}
+        rates = self.hyperparameters()
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=self._stored_zeros(params, self.mu_storage, lambda d: d),
-            nu=self._stored_zeros(params, self.nu_storage, real_dtype, self.initial_nu),
+            mu=self._stored_zeros(params, self.mu_storage, moment_dtype),
+            nu=self._stored_zeros(params, self.nu_storage, real_moment_dtype, self.initial_nu),
             hyperparams=hp.as_arrays(**hp.complements(**rates)),
         )
 
     def update(self, grads, state, params=None, **extra_args):
-        reference = (
-            parameter_shaped(self.mu_storage, state.mu)
-            if state.mu is not None
-            else parameter_shaped(self.nu_storage, state.nu)
-        )
-        checks.check_same_structure(grads, reference, "gradients", "optimizer state (built by init)")
+        for storage, stored in ((self.mu_storage, state.mu), (self.nu_storage, state.nu)):
+            if stored is not None:
+                grads = checks.conform(grads, storage, parameter_shaped(storage, stored), "gradients")
         count = optax.safe_increment(state.count)
         c1 = None if self.b1 is None else state.hyperparams[hp.COMPLEMENT + self.names[0]]
         c2 = None if self.b2 is None else state.hyperparams[hp.COMPLEMENT + self.names[1]]
@@ -152,9 +160,8 @@ def scale_by_moments(
     """
     if b1 is None and b2 is None:
         raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
-    checks.check_range("b1", b1, 0.0, 1.0)
-    checks.check_range("b2", b2, 0.0, 1.0)
-    if b1 is not None and b2 is not None and names[0] == names[1] and b1 != b2:
+    shared = b1 is not None and b2 is not None and names[0] == names[1] and b1 is not b2
+    if shared and checks.is_concrete(b1) and checks.is_concrete(b2) and b1 != b2:
         raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
@@ -229,7 +236,7 @@ class Normalize(Stage):
         def leaf(m, v, g):
             m = m.astype(compute_dtype(m.dtype))
             denominator = jnp.sqrt(v + scalar_like(eps_root, v)) + scalar_like(eps, v)
-            return (m / denominator).astype(g.dtype)
+            return safe_divide(m, denominator).astype(g.dtype)
 
         return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
 
@@ -244,10 +251,12 @@ def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "correc
       uncorrected ``sqrt(v)``.
 
     ``eps_root`` sits inside the root (optax's ``eps_root``; Keras RMSprop's eps).
+    A zero gradient history with ``eps = 0`` (``0 / 0``) gives a zero update,
+    where PyTorch and optax give NaN. To differentiate *through* the update
+    (meta-learning), give ``eps_root > 0`` (optax's advice): ``sqrt`` has no
+    derivative at ``v = 0``.
     Emits parameter-shaped updates in the gradient's dtype. State: ``eps``, ``eps_root``.
     """
-    checks.check_range("eps", eps, 0.0)
-    checks.check_range("eps_root", eps_root, 0.0)
     checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
     return Normalize(eps, eps_root, eps_on).transform()
 
@@ -265,7 +274,7 @@ class MaxNu(Stage):
         return getattr(self.storage, "elementwise", True)
 
     def init(self, params):
-        return MaxNuState(init_stored(self.storage, params, real_dtype))
+        return MaxNuState(init_stored(self.storage, params, real_moment_dtype))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "max_nu")

@@ -35,7 +35,7 @@ from adamfx._src.storage import (
     parameter_shaped,
     resolve_storage,
 )
-from adamfx._src.tree_math import compute_dtype, scalar_like
+from adamfx._src.tree_math import compute_dtype, moment_dtype, scalar_like
 
 
 class TraceState(NamedTuple):
@@ -58,13 +58,12 @@ class Trace(Stage):
     def init(self, params):
         return TraceState(
             count=jnp.zeros([], jnp.int32),
-            trace=init_stored(self.storage, params, lambda d: d),
+            trace=init_stored(self.storage, params, moment_dtype),
             hyperparams=hp.as_arrays(momentum=self.momentum, dampening=self.dampening),
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        reference = parameter_shaped(self.storage, state.trace)
-        checks.check_same_structure(updates, reference, "updates", "optimizer state (built by init)")
+        updates = checks.conform(updates, self.storage, parameter_shaped(self.storage, state.trace), "updates")
         momentum, dampening = state.hyperparams["momentum"], state.hyperparams["dampening"]
         first = state.count == 0
         count = optax.safe_increment(state.count)
@@ -93,9 +92,8 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
     parameter dtype), hyperparameters ``momentum``, ``dampening``. Used by
     :func:`adamfx.sgd` and :func:`adamfx.rmsprop`.
     """
-    checks.check_range("momentum", momentum, 0.0, 1.0, high_inclusive=True)
-    checks.check_range("dampening", dampening, 0.0, 1.0, high_inclusive=True)
-    if nesterov and (not momentum or dampening):
+    concrete = checks.is_concrete(momentum) and checks.is_concrete(dampening)  # traced: inject_hyperparams
+    if nesterov and concrete and (not momentum or dampening):
         raise ValueError(
             f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum!r}, dampening={dampening!r}."
         )
@@ -116,8 +114,8 @@ class DecoupledWeightDecay(Stage):
 
     def update(self, updates, state, params=None, **extra_args):
         zeros = jax.tree.map(jnp.zeros_like, updates)
-        term, weights_state = self.decayed_weights.update(zeros, state[0], params)
-        term, rate_state = self.rate.update(term, state[1], params)
+        term, weights_state = self.decayed_weights.checked_update(zeros, state[0], params)
+        term, rate_state = self.rate.checked_update(term, state[1], params)
         return jax.tree.map(jnp.add, updates, term), (weights_state, rate_state)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.adam import CONVENTIONS as ADAM_CONVENTIONS
 from adamfx._src.corrections import nesterov_momentum
 from adamfx._src.moments import bias_correction, normalize, scale_by_moments
@@ -26,6 +26,7 @@ NADAM_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def nadam(
     learning_rate: Any = None,
     b1: float = 0.9,
@@ -35,7 +36,7 @@ def nadam(
     *,
     nesterov: bool = True,
     eps_root: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -84,12 +85,13 @@ def nadam(
       weight_decay: coupled L2 or decoupled (PyTorch's ``decoupled_weight_decay``), as the convention says.
       weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
-      mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype).
+      mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx
     >>> tx = adamfx.nadam(2e-3, convention="torch")
     """
     conv = compose.lookup(NADAM_CONVENTIONS, convention)
+    compose.require("nadam", b1=b1, b2=b2)
     if not nesterov and momentum_decay is not None:
         raise ValueError(
             f"nadam(nesterov=False, momentum_decay={momentum_decay!r}) is invalid: without the look-ahead "
@@ -116,15 +118,27 @@ def nadam(
     )
 
 
+@checks.porting_aids
 def nadamw(
     learning_rate: Any = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     weight_decay: float | None = None,
+    momentum_decay: float | None = None,
     *,
+    nesterov: bool = True,
+    eps_root: float = 0.0,
+    weight_decay_mask: Any = None,
+    decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
     convention: str = "optax",
-    **kwargs: Any,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
 ):
     """NAdamW: :func:`nadam` with decoupled weight decay, ``p -= lr_t (m^_t / (sqrt(v^_t) + eps) + wd p)``.
 
@@ -138,4 +152,24 @@ def nadamw(
     >>> tx = adamfx.nadamw(1e-3, weight_decay=1e-2, convention="torch")
     """
     weight_decay = compose.pick(weight_decay, compose.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
-    return nadam(learning_rate, b1, b2, eps, weight_decay=weight_decay, decoupled=True, convention=convention, **kwargs)
+    return nadam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        momentum_decay,
+        nesterov=nesterov,
+        eps_root=eps_root,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        decay=decay,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.corrections import nesterov_momentum, rectify
 from adamfx._src.moments import bias_correction, scale_by_moments
 
@@ -27,6 +27,7 @@ RADAM_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def radam(
     learning_rate: Any = None,
     b1: float = 0.9,
@@ -36,7 +37,7 @@ def radam(
     eps_root: float = 0.0,
     threshold: float = 5.0,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -87,12 +88,13 @@ def radam(
       weight_decay: coupled L2 or decoupled (PyTorch's ``decoupled_weight_decay``), as the convention says.
       weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
-      mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype).
+      mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx
     >>> tx = adamfx.radam(1e-3, convention="torch")
     """
     conv = compose.lookup(RADAM_CONVENTIONS, convention)
+    compose.require("radam", b1=b1, b2=b2)
     eps = compose.pick(eps, conv.eps)
     return compose.finish(
         [

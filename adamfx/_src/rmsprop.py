@@ -30,18 +30,19 @@ RMSPROP_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def rmsprop(
     learning_rate: Any = None,
     rho: float | None = None,
     eps: float | None = None,
     centered: bool = False,
-    momentum: float = 0.0,
+    momentum: float | None = None,
     nesterov: bool = False,
     *,
     initial_scale: float = 0.0,
     eps_in_sqrt: bool | None = None,
     bias_correction: bool = False,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -79,7 +80,8 @@ def rmsprop(
 
     (*) ``optax.rmsprop`` has no default learning rate; adamfx uses PyTorch's.
     ``rho`` is PyTorch's ``alpha`` and optax's ``decay``; here ``decay`` keeps
-    its one meaning, the legacy Keras learning-rate decay. ``nesterov`` is
+    its one meaning, the legacy Keras learning-rate decay (a ``decay`` of 0.5 or
+    more, surely meant as ``rho``, warns). ``nesterov`` is
     optax's (PyTorch and Keras have none): with momentum 0 it is plain RMSprop
     under ``"optax"`` and ``"keras"`` (optax's rule) and a ``ValueError`` under
     ``"torch"``. optax's ``initial_scale``, ``eps_in_sqrt`` and ``bias_correction``
@@ -91,7 +93,7 @@ def rmsprop(
       rho: the moving-average rate of the moments, in [0, 1); ``None`` takes the convention's.
       eps: ``None`` takes the convention's default.
       centered: divide by the root of the gradient's variance instead of its second moment.
-      momentum: rate of the momentum buffer in [0, 1]; 0 keeps no buffer.
+      momentum: rate of the momentum buffer in [0, 1]; ``None`` or 0 keeps no buffer.
       nesterov: Nesterov momentum on that buffer.
       initial_scale: ``v_0`` (optax's ``initial_scale``; the centered ``m_0`` stays 0).
       eps_in_sqrt: ``True``: ``sqrt(s_t + eps)``, ``False``: ``sqrt(s_t) + eps`` (optax's option;
@@ -107,8 +109,8 @@ def rmsprop(
     >>> tx = adamfx.rmsprop(1e-3, centered=True, momentum=0.9, convention="keras")
     """
     conv = compose.lookup(RMSPROP_CONVENTIONS, convention)
+    compose.warn_if_rho("rmsprop", decay)
     rho = compose.pick(rho, conv.rho)
-    checks.check_range("rho", rho, 0.0, 1.0)
     if centered and any(isinstance(spec, str) for spec in (mu_dtype, nu_dtype)):
         raise ValueError(
             f"rmsprop(centered=True, mu_dtype={mu_dtype!r}, nu_dtype={nu_dtype!r}) is invalid: the centered "
@@ -124,7 +126,8 @@ def rmsprop(
         initial_nu=initial_scale,
     )
     nesterov = compose.effective_nesterov(nesterov, momentum, conv)
-    buffer = [trace(momentum, 0.0, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
+    keep_buffer = nesterov or not checks.is_static_zero(momentum)  # a JAX array (inject_hyperparams) keeps it
+    buffer = [trace(compose.pick(momentum, 0.0), 0.0, nesterov, mu_dtype=mu_dtype)] if keep_buffer else []
     root = compose.normalize_eps(compose.pick(eps, conv.eps), compose.pick(eps_in_sqrt, conv.eps_in_root))
     corrected = [correct_moments()] if bias_correction else []
     return compose.finish(
@@ -161,12 +164,13 @@ ADADELTA_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def adadelta(
     learning_rate: Any = None,
     rho: float | None = None,
     eps: float | None = None,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -216,8 +220,8 @@ def adadelta(
     >>> tx = adamfx.adadelta(convention="torch")
     """
     conv = compose.lookup(ADADELTA_CONVENTIONS, convention)
+    compose.warn_if_rho("adadelta", decay)
     rho, eps = compose.pick(rho, conv.rho), compose.pick(eps, conv.eps)
-    checks.check_range("rho", rho, 0.0, 1.0)
     return compose.finish(
         [
             scale_by_moments(None, rho, nu_dtype=nu_dtype, names=("rho", "rho")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from adamfx._src import compose
+from adamfx._src import checks, compose
 from adamfx._src.momentum import trace
 
 
@@ -24,13 +24,14 @@ SGD_CONVENTIONS = {
 }
 
 
+@checks.porting_aids
 def sgd(
     learning_rate: Any = None,
-    momentum: float = 0.0,
+    momentum: float | None = None,
     dampening: float = 0.0,
     nesterov: bool = False,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     decay: float = 0.0,
@@ -70,7 +71,7 @@ def sgd(
 
     Args:
       learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
-      momentum: the buffer's decay rate in [0, 1]; 0 keeps no buffer.
+      momentum: the buffer's decay rate in [0, 1]; ``None`` or 0 keeps no buffer.
       dampening: the buffer takes ``(1 - dampening) g_t`` after the first step.
       nesterov: Nesterov momentum (needs ``dampening == 0``; with ``momentum == 0`` it is plain
         SGD under ``"keras"`` and ``"optax"``, as there, and a ``ValueError`` under ``"torch"``, as there).
@@ -87,7 +88,7 @@ def sgd(
         These five act on the raw gradient, first in the chain in Keras's order (negate, unscale,
         clip), under every convention; ``None`` turns each off.
       convention: ``"optax"``, ``"torch"`` or ``"keras"``.
-      mu_dtype: storage of the momentum buffer (default: the parameter dtype).
+      mu_dtype: storage of the momentum buffer (default: the parameter dtype; float32 for float16 params).
 
     >>> import adamfx, jax.numpy as jnp, optax
     >>> params = {"w": jnp.ones(2)}
@@ -98,7 +99,8 @@ def sgd(
     """
     conv = compose.lookup(SGD_CONVENTIONS, convention)
     nesterov = compose.effective_nesterov(nesterov, momentum, conv)
-    buffer = [trace(momentum, dampening, nesterov, mu_dtype=mu_dtype)] if momentum or nesterov else []
+    keep_buffer = nesterov or not checks.is_static_zero(momentum)  # a JAX array (inject_hyperparams) keeps it
+    buffer = [trace(compose.pick(momentum, 0.0), dampening, nesterov, mu_dtype=mu_dtype)] if keep_buffer else []
     return compose.finish(
         [],
         conv,

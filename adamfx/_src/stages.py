@@ -61,8 +61,6 @@ def lr_decay(learning_rate: float | Schedule = 1e-3, decay: float = 0.0):
     State: ``count``, the ``learning_rate`` applied at the last step, and the
     hyperparameters ``learning_rate`` (numbers only) and ``decay``.
     """
-    checks.check_learning_rate(learning_rate)
-    checks.check_range("decay", decay, 0.0)
     return LrDecay(learning_rate, decay).transform()
 
 
@@ -79,6 +77,10 @@ class WeightDecayScheduleState(NamedTuple):
 class AddDecayedWeights(Stage):
     weight_decay: float
     mask: Any  # frozen pytree of bools, a callable, or None
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks.check_mask("weight_decay_mask", self.mask)
 
     @property
     def elementwise(self) -> bool:  # a mask is a per-leaf decision
@@ -128,6 +130,4 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None):
     structure does not match raises ``ValueError`` at ``init``. State:
     hyperparameter ``weight_decay`` (a number), or the step ``count`` (a schedule).
     """
-    if not callable(weight_decay):
-        checks.check_range("weight_decay", weight_decay, 0.0)
     return AddDecayedWeights(weight_decay, checks.freeze(mask)).transform()

@@ -234,7 +234,8 @@ def init_stored(storage: Any, params: Any, dtype_of, value: float = 0.0) -> Any:
     ones); any other ``value`` (Adagrad's initial accumulator) is encoded, rounding to nearest.
     """
     leaves, treedef = jax.tree.flatten(params)
-    make = getattr(storage, "zeros", storage.encode) if value == 0 else storage.encode
+    zero = isinstance(value, (int, float)) and value == 0  # a traced value (inject_hyperparams) is encoded
+    make = getattr(storage, "zeros", storage.encode) if zero else storage.encode
     records = [make(jnp.full_like(p, value, compute_dtype(dtype_of(p.dtype))), dtype_of(p.dtype)) for p in leaves]
     return stored_form(storage, records, treedef)
 

@@ -1,0 +1,140 @@
+"""The one registry of adamfx optimizers that the generic tests draw from.
+
+Every optimizer x convention is declared once, as an :class:`Entry`: its
+factory, the convention, and each hyperparameter argument with a valid value.
+A new optimizer registered here gets every generic test (bad input at
+construction, through ``set_hyperparams`` and ``restore_state``, and
+``optax.inject_hyperparams``) with no special case in the test modules.
+
+The allowed ranges in :data:`RANGES` are written down here from the peers'
+documentation (PyTorch, Keras, optax), independently of adamfx's own table, so
+the tests check that the library agrees with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+import adamfx
+
+CONVENTIONS = ("optax", "torch", "keras")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A real number in ``[low, high)`` (``[low, high]`` when ``high_inclusive``)."""
+
+    low: float = 0.0
+    high: float = math.inf
+    high_inclusive: bool = False
+
+    def below(self) -> float | None:
+        """A value just outside the range at the bottom (negative for a range that starts at 0)."""
+        return -0.5 if self.low == 0 else self.low - 1.0
+
+    def above(self) -> float | None:
+        """A value outside the range at the top, or ``None`` for an unbounded range."""
+        if math.isinf(self.high):
+            return None
+        return self.high + 0.5 if self.high_inclusive else self.high
+
+
+RATE = Range(0.0, 1.0)  # a moving-average rate: 1 never forgets
+FRACTION = Range(0.0, 1.0, high_inclusive=True)
+NONNEGATIVE = Range()
+
+#: The allowed values of every hyperparameter argument (PyTorch's, Keras's and optax's checks,
+#: and the maths: RAdam's rectification needs rho_t >= 4).
+RANGES: Mapping[str, Range] = {
+    "learning_rate": NONNEGATIVE,
+    "b1": RATE,
+    "b2": RATE,
+    "rho": RATE,
+    "eps": NONNEGATIVE,
+    "eps_root": NONNEGATIVE,
+    "decay": NONNEGATIVE,
+    "lr_decay": NONNEGATIVE,
+    "weight_decay": NONNEGATIVE,
+    "momentum": FRACTION,
+    "dampening": FRACTION,
+    "momentum_decay": NONNEGATIVE,
+    "threshold": Range(4.0),
+    "initial_accumulator_value": NONNEGATIVE,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One optimizer in one convention.
+
+    ``hyperparams`` maps every hyperparameter argument of ``factory`` to a valid
+    value; :meth:`build` makes the optimizer with them (and any overrides).
+    """
+
+    factory: Callable[..., Any]
+    convention: str
+    hyperparams: Mapping[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.factory.__name__}-{self.convention}"
+
+    def build(self, **overrides: Any):
+        return self.factory(**{**self.hyperparams, **overrides}, convention=self.convention)
+
+    def accepts_none(self, name: str) -> bool:
+        """``None`` is a documented value of ``name`` (it takes the convention's default or switches it off)."""
+        return inspect.signature(self.factory).parameters[name].default is None
+
+
+_ADAM = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, "decay": 0.0}
+
+#: Each optimizer factory and a valid value of each of its hyperparameter arguments.
+FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
+    adamfx.adam: {**_ADAM, "weight_decay": 1e-2},
+    adamfx.adamw: {**_ADAM, "weight_decay": 1e-2},
+    adamfx.amsgrad: {**_ADAM, "weight_decay": 1e-2},
+    adamfx.sgd: {"learning_rate": 1e-2, "momentum": 0.9, "dampening": 0.0, "decay": 0.0, "weight_decay": 1e-4},
+    adamfx.rmsprop: {
+        "learning_rate": 1e-2,
+        "rho": 0.9,
+        "eps": 1e-8,
+        "momentum": 0.9,
+        "decay": 0.0,
+        "weight_decay": 1e-4,
+    },
+    adamfx.adadelta: {"learning_rate": 1.0, "rho": 0.9, "eps": 1e-6, "decay": 0.0, "weight_decay": 1e-4},
+    adamfx.adagrad: {
+        "learning_rate": 1e-2,
+        "lr_decay": 0.0,
+        "initial_accumulator_value": 0.1,
+        "eps": 1e-10,
+        "decay": 0.0,
+        "weight_decay": 1e-4,
+    },
+    adamfx.nadam: {**_ADAM, "learning_rate": 2e-3, "momentum_decay": 4e-3, "weight_decay": 1e-4},
+    adamfx.nadamw: {**_ADAM, "learning_rate": 2e-3, "momentum_decay": 4e-3, "weight_decay": 1e-4},
+    adamfx.adamax: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
+    adamfx.adamaxw: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
+    adamfx.radam: {**_ADAM, "threshold": 5.0, "weight_decay": 1e-4},
+}
+
+OPTIMIZERS: tuple[Entry, ...] = tuple(
+    Entry(factory, convention, hyperparams) for factory, hyperparams in FACTORIES.items() for convention in CONVENTIONS
+)
+
+
+def params() -> dict[str, jnp.ndarray]:
+    """A small parameter tree: a matrix, a vector and a scalar."""
+    return {"w": jnp.ones((2, 3)), "b": jnp.zeros(3), "s": jnp.asarray(0.5)}
+
+
+def entry_hyperparams() -> list[tuple[Entry, str]]:
+    """Every (optimizer, hyperparameter argument) pair, for ``pytest.mark.parametrize``."""
+    return [(entry, name) for entry in OPTIMIZERS for name in entry.hyperparams]
