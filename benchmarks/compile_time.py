@@ -198,13 +198,14 @@ def plot(results: dict, path: Path) -> None:
         return
     leaves = [int(t.split("x")[0]) for t in sized]
     fig, ax = plt.subplots(figsize=(7, 5))
+    key = "cpu_s" if "cpu_s" in results[sized[0]][REFERENCE] else "total_s"
     for config in results[sized[0]]:
-        ax.plot(leaves, [results[t][config]["total_s"] for t in sized], marker="o", label=config)
-    ax.plot(leaves, [results[sized[0]][REFERENCE]["total_s"] * n / leaves[0] for n in leaves], "k:", label="linear")
+        ax.plot(leaves, [results[t][config][key] for t in sized], marker="o", label=config)
+    ax.plot(leaves, [results[sized[0]][REFERENCE][key] * n / leaves[0] for n in leaves], "k:", label="linear")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("leaves (vectors of 64 float32)")
-    ax.set_ylabel("lower + compile of one jitted step (s)")
+    ax.set_ylabel(f"lower + compile of one jitted step ({'CPU' if key == 'cpu_s' else 'wall'} s)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
