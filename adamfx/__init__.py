@@ -37,7 +37,7 @@ from adamfx._src.rmsprop import adadelta, rmsprop
 from adamfx._src.sgd import sgd
 from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.stages import add_decayed_weights, lr_decay
-from adamfx._src.storage import FloatStorage
+from adamfx._src.storage import FloatStorage, Storage
 from adamfx._src.sweep import sweep, sweep_params
 from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
@@ -54,6 +54,7 @@ __all__ = [
     "Int8Storage",
     "Moments",
     "Stage",
+    "Storage",
     "accumulate_squares",
     "adadelta",
     "adagrad",

@@ -43,3 +43,20 @@ def test_train_step_quick(tmp_path):
     losses = [r["last_loss"] for r in payload["results"] if "adam" in r["contender"]]
     assert max(losses) - min(losses) < 1e-3 * max(losses)  # same model, data and steps
     assert all(r["model"]["leaves"] >= 200 for r in payload["results"])
+
+
+@pytest.mark.slow
+def test_compile_time_tiny(tmp_path):
+    payload = run_script(
+        "compile_time.py", tmp_path, "--leaves", "4", "8", "--transformer-leaves", "16", "--configs", "bf16", "int8"
+    )
+    results = payload["results"]
+    assert set(results) == {"4x64", "8x64", "transformer:16"}
+    for row in results.values():
+        assert set(row) == {"optax.adam", "bf16", "int8"}
+        assert all(r["total_s"] > 0 and r["cpu_s"] > 0 and r["hlo_ops"] > 0 for r in row.values())
+    assert (tmp_path / "compile_time.png").stat().st_size > 0
+    command = [sys.executable, str(ROOT / "benchmarks" / "compile_time.py"), "--step-speed", "--out", str(tmp_path)]
+    subprocess.run([*command, "--step-size", "4096", "--steps", "2"], check=True, cwd=ROOT, capture_output=True)
+    steps = json.loads((tmp_path / "lowbit_step.json").read_text())["results"]
+    assert set(steps) == {"fp32", "bf16", "int8", "factored"} and steps["fp32"]["ratio"] == 1.0

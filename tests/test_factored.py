@@ -72,11 +72,11 @@ def test_adam_with_factored_nu_matches_numpy():
 
 def test_vectors_and_thin_matrices_keep_the_full_moment():
     storage = adamfx.FactoredStorage(min_dim_size=3)
-    assert storage.encode(jnp.ones((4, 5)), jnp.float32).row.shape == (4,)
+    assert storage.encode(jnp.ones((4, 5)), default_dtype=jnp.float32).row.shape == (4,)
     for shape in [(), (7,), (2, 9), (9, 2)]:
-        kept = storage.encode(jnp.full(shape, 2.0), jnp.float32)
+        kept = storage.encode(jnp.full(shape, 2.0), default_dtype=jnp.float32)
         assert kept.full.shape == shape and kept.row.shape == kept.col.shape == (1,)
-        np.testing.assert_array_equal(np.asarray(storage.decode(kept, jnp.float32)), np.full(shape, 2.0))
+        np.testing.assert_array_equal(np.asarray(storage.decode(kept, dtype=jnp.float32)), np.full(shape, 2.0))
 
 
 def test_zero_moment_decodes_to_zero_and_state_is_small():
@@ -85,7 +85,7 @@ def test_zero_moment_decodes_to_zero_and_state_is_small():
     assert isinstance(nu, Factored) and nu.row["w"].shape == (300,) and nu.col["w"].shape == (200,)
     assert nu.full["w"].shape == (1,)
     record = Factored(nu.row["w"], nu.col["w"], nu.full["w"])
-    assert np.all(np.asarray(adamfx.FactoredStorage().decode(record, jnp.float32)) == 0)
+    assert np.all(np.asarray(adamfx.FactoredStorage().decode(record, dtype=jnp.float32)) == 0)
 
 
 def test_factored_is_not_elementwise_and_only_for_the_second_moment():

@@ -163,23 +163,23 @@ def test_stochastic_rounding_is_unbiased(signed):
 def test_int8_storage_keeps_small_and_complex_leaves_in_float32():
     storage = resolve_storage("int8", "mu_dtype")
     assert storage.signed and not resolve_storage("int8", "nu_dtype", nonnegative=True).signed
-    small = storage.encode(jnp.ones(4095), jnp.float32)
+    small = storage.encode(jnp.ones(4095), default_dtype=jnp.float32)
     assert small.codes.dtype == jnp.float32 and small.scale.shape == (1,)
-    assert storage.encode(jnp.ones(4096), jnp.float32).codes.dtype == jnp.uint8
-    z = storage.encode(jnp.ones(5000, jnp.complex64), jnp.complex64)
+    assert storage.encode(jnp.ones(4096), default_dtype=jnp.float32).codes.dtype == jnp.uint8
+    z = storage.encode(jnp.ones(5000, jnp.complex64), default_dtype=jnp.complex64)
     assert z.codes.dtype == jnp.complex64
-    np.testing.assert_array_equal(np.asarray(storage.decode(z, jnp.complex64)), np.ones(5000))
+    np.testing.assert_array_equal(np.asarray(storage.decode(z, dtype=jnp.complex64)), np.ones(5000))
     custom = adamfx.Int8Storage(block_size=100, min_size=0)
-    q = custom.encode(jnp.ones((3, 70)), jnp.float32)
+    q = custom.encode(jnp.ones((3, 70)), default_dtype=jnp.float32)
     assert q.scale.shape == (3,) and q.codes.shape == (3, 70)
-    np.testing.assert_array_equal(np.asarray(custom.decode(q, jnp.float32)), np.ones((3, 70)))
+    np.testing.assert_array_equal(np.asarray(custom.decode(q, dtype=jnp.float32)), np.ones((3, 70)))
 
 
 @pytest.mark.parametrize("shape", [(10,), (4096,), (64, 256), (70, 65)])
 def test_zeros_shortcut_equals_encoding_zeros(shape):
     for storage in (adamfx.Int8Storage(signed=True), adamfx.Int8Storage(signed=False), adamfx.FactoredStorage()):
         zero = jnp.zeros(shape)
-        expected, got = storage.encode(zero, jnp.float32), storage.zeros(zero, jnp.float32)
+        expected, got = storage.encode(zero, default_dtype=jnp.float32), storage.zeros(zero, default_dtype=jnp.float32)
         assert jax.tree.structure(expected) == jax.tree.structure(got)
         for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype
@@ -193,13 +193,15 @@ def test_accumulate_keeps_a_running_bound_of_the_block_maxima(power):
     storage = resolve_storage("int8", "nu_dtype" if power == 2 else "mu_dtype", nonnegative=power == 2)
     decay, weight = 0.9, 0.1
     shape = (8, 512)
-    stored = storage.zeros(jnp.zeros(shape), jnp.float32)
+    stored = storage.zeros(jnp.zeros(shape), default_dtype=jnp.float32)
     scale = np.zeros((8, 2))
     for step in range(1, 6):
         g = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3, (8, 1))
-        old = np.asarray(storage.decode(stored, jnp.float32), np.float64)
-        new, stored = storage.accumulate(stored, jnp.asarray(g, jnp.float32), power, decay, weight, jnp.float32)
+        old = np.asarray(storage.decode(stored, dtype=jnp.float32), np.float64)
         x = g if power == 1 else g**2
+        new, stored = storage.accumulate(
+            stored, jnp.asarray(x, jnp.float32), decay=decay, weight=weight, default_dtype=jnp.float32
+        )
         expected_new = decay * old + weight * x
         terms = np.abs(decay * old) + np.abs(weight * x)  # float32 rounding of the sum, relative to its terms
         assert np.all(np.abs(np.asarray(new) - expected_new) <= 1e-6 * terms)
@@ -208,21 +210,20 @@ def test_accumulate_keeps_a_running_bound_of_the_block_maxima(power):
         np.testing.assert_allclose(np.asarray(stored.scale), scale, rtol=1e-5)
         assert np.all(scale >= np.abs(expected_new).reshape(8, 2, 256).max(axis=-1) * (1 - 1e-6))
         # decoded within one code step (stochastic rounding: `key` given) of the new moment, relative to the bound
-        key = jax.random.fold_in(jax.random.key(0), step)
+        key = jax.random.bits(jax.random.fold_in(jax.random.key(0), step), (), jnp.uint32)
+        zero = storage.zeros(jnp.zeros(shape), default_dtype=jnp.float32)
         _, rounded = storage.accumulate(
-            storage.zeros(jnp.zeros(shape), jnp.float32), jnp.asarray(g, jnp.float32), power, 0.0, 1.0, jnp.float32, key
+            zero, jnp.asarray(x, jnp.float32), decay=0.0, weight=1.0, default_dtype=jnp.float32, key=key
         )
-        got = np.asarray(storage.decode(rounded, jnp.float32), np.float64)
+        got = np.asarray(storage.decode(rounded, dtype=jnp.float32), np.float64)
         bias = 2 ** (4 if power == 1 else 5) - 1
         floor = np.repeat(blocks, 256, axis=-1).reshape(shape) / (2 - 2.0**-MANTISSA) * 2.0 ** (1 - bias - MANTISSA)
         assert np.all(np.abs(got - x) <= np.abs(x) * (2.0**-MANTISSA + 2.0**-20) + floor)
 
 
 def test_generic_accumulate_is_decay_times_old_plus_weight_times_x():
-    from adamfx._src.storage import accumulate
-
     storage = adamfx.FloatStorage(jnp.float32)
     old, g = jnp.array([1.0, 2.0]), jnp.array([3.0, -4.0])
-    moment, kept = accumulate(storage, old, g, 2, 0.5, 0.25, jnp.float32)
+    moment, kept = storage.accumulate(old, g * g, decay=0.5, weight=0.25, default_dtype=jnp.float32)
     np.testing.assert_array_equal(np.asarray(moment), [0.5 + 2.25, 1.0 + 4.0])
     np.testing.assert_array_equal(np.asarray(kept), np.asarray(moment))

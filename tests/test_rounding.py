@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from adamfx._src.rounding import stochastic_round, uniform
+from adamfx._src.rounding import StepKey, stochastic_round, uniform
 
 DRAWS = 4000
 
@@ -122,3 +122,30 @@ def test_uniform_moments_histogram_and_independence():
     assert abs(np.corrcoef(u, v)[0, 1]) < 5 / np.sqrt(n)
     w = np.asarray(uniform(jax.random.key(0), (256, 256)), np.float64).reshape(-1)
     np.testing.assert_array_equal(u, w)  # row-major element index, whatever the shape
+
+
+def test_one_step_key_shared_by_leaves_rounds_each_without_bias_and_independently():
+    """A step rounds all leaves with one word (salted with each leaf's values): each leaf stays unbiased,
+    two leaves of one shape make independent choices, and a StepKey rounds as its bare word does."""
+    rng = np.random.default_rng(7)
+    pa, pb = rng.uniform(0.1, 0.9, 64), rng.uniform(0.1, 0.9, 64)  # where x lies between its neighbours
+    a = jnp.asarray(1 + pa * 2.0**-7, jnp.float32)  # bfloat16's spacing is 2^-7 in [1, 2) and 2^-6 in [2, 4)
+    b = jnp.asarray(2 + pb * 2.0**-6, jnp.float32)
+    words = jax.random.bits(jax.random.key(1), (DRAWS,), jnp.uint32)
+
+    def both(word):
+        key = StepKey(word)
+        return stochastic_round(a, jnp.bfloat16, key), stochastic_round(b, jnp.bfloat16, key)
+
+    ra, rb = (np.asarray(r, np.float64) for r in jax.jit(jax.vmap(both))(words))
+    up_a, up_b = (ra - 1) / 2.0**-7, (rb - 2) / 2.0**-6  # 1 where rounded up, 0 where down
+    assert set(np.unique(up_a)) <= {0.0, 1.0} and set(np.unique(up_b)) <= {0.0, 1.0}
+    for up, p in ((up_a, pa), (up_b, pb)):
+        z = (up.mean(axis=0) - p) / np.sqrt(p * (1 - p) / DRAWS)
+        assert np.sum(z**2) < 64 + 6 * np.sqrt(128)  # chi-square(64): unbiased, Bernoulli variance
+    ea, eb = (up_a - pa).reshape(-1), (up_b - pb).reshape(-1)
+    assert abs(np.corrcoef(ea, eb)[0, 1]) < 5 / np.sqrt(ea.size)
+    np.testing.assert_array_equal(
+        np.asarray(stochastic_round(a, jnp.bfloat16, StepKey(words[0]))),
+        np.asarray(stochastic_round(a, jnp.bfloat16, words[0])),
+    )

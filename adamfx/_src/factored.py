@@ -31,6 +31,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adamfx._src.storage import Storage
 from adamfx._src.tree_math import placeholder
 
 
@@ -64,7 +65,7 @@ def unfactor(stored: Factored) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class FactoredStorage:
+class FactoredStorage(Storage):
     """Keeps the second moment of matrix-shaped leaves as row and column means (Adafactor).
 
     Only for the second moment (``nu_dtype``): the estimate needs ``v >= 0``.
@@ -82,7 +83,6 @@ class FactoredStorage:
 
     elementwise: ClassVar[bool] = False  # row and column means need the leaf's shape
     exact_moment: ClassVar[bool] = False  # the next stage sees the rank-1 estimate
-    needs_key: ClassVar[bool] = False
     record: ClassVar[type] = Factored  # the state holds Factored(row tree, col tree, full tree)
 
     def __post_init__(self):
@@ -92,10 +92,10 @@ class FactoredStorage:
     def _factors(self, value: jax.Array) -> bool:
         return value.ndim >= 2 and min(value.shape[-2:]) >= self.min_dim_size
 
-    def encode(self, value: jax.Array, default_dtype, key=None) -> Factored:
+    def encode(self, value: jax.Array, *, default_dtype, key=None) -> Factored:
         return factor(value) if self._factors(value) else Factored(placeholder(), placeholder(), value)
 
-    def zeros(self, value: jax.Array, default_dtype) -> Factored:
+    def zeros(self, value: jax.Array, *, default_dtype) -> Factored:
         """``encode`` of the all-zero ``value``."""
         if not self._factors(value):
             return Factored(placeholder(), placeholder(), value)
@@ -104,5 +104,5 @@ class FactoredStorage:
             jnp.zeros(shape[:-1], value.dtype), jnp.zeros(shape[:-2] + shape[-1:], value.dtype), placeholder()
         )
 
-    def decode(self, stored: Factored, dtype) -> jax.Array:
+    def decode(self, stored: Factored, *, dtype) -> jax.Array:
         return (unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)

@@ -27,16 +27,13 @@ from adamfx._src.base import Stage, identity_state
 from adamfx._src.moments import Moments
 from adamfx._src.moments import _require_moments as require_moments
 from adamfx._src.storage import (
-    INFINITY_NORM_STREAM,
-    SUM_STREAM,
-    UPDATE_RMS_STREAM,
-    accumulate,
+    Storage,
     check_keeps_elements,
     init_stored,
     map_stored,
     parameter_shaped,
     resolve_storage,
-    store,
+    stream_of,
 )
 from adamfx._src.tree_math import abs_sq, compute_dtype, real_dtype, real_moment_dtype, safe_divide, scalar_like
 
@@ -46,7 +43,7 @@ class _StoredMoment:
 
     @property
     def elementwise(self) -> bool:
-        return getattr(self.storage, "elementwise", True)
+        return self.storage.elementwise
 
     def _conform(self, tree, stored, what: str):
         """``tree`` checked against the stored moment, in the state's dtypes (see :func:`checks.conform`)."""
@@ -62,35 +59,25 @@ class SumState(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class AccumulateSquares(_StoredMoment, Stage):
     initial_value: float
-    storage: Any
+    storage: Storage
 
     def hyperparameters(self):
         return {"initial_accumulator_value": self.initial_value}
 
-    def init(self, params):
-        if not isinstance(self.initial_value, jax.core.Tracer):
-            nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
-            return SumState(jnp.zeros([], jnp.int32), nu, {})
-        # A traced v_0 (optax.inject_hyperparams under jit): v_0 = 0 * zeros + 1 * v_0, through the storage.
-        zeros = init_stored(self.storage, params, real_moment_dtype)
-
-        def leaf(p, stored, key):
-            start = jnp.full(p.shape, self.initial_value, compute_dtype(real_moment_dtype(p.dtype)))
-            return accumulate(self.storage, stored, start, 1, 0.0, 1.0, real_moment_dtype(p.dtype))
-
-        _, nu = map_stored(self.storage, leaf, params, zeros, jnp.zeros([], jnp.int32), SUM_STREAM)
+    def init(self, params):  # a traced v_0 (optax.inject_hyperparams under jit) is encoded too
+        nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
         return SumState(jnp.zeros([], jnp.int32), nu, {})
 
     def update(self, grads, state, params=None, **extra_args):
         grads = self._conform(grads, state.nu, "gradients")
         count = optax.safe_increment(state.count)
 
-        def leaf(g, stored, key):
-            wide = g.astype(compute_dtype(g.dtype))
-            one = scalar_like(1.0, wide)
-            return accumulate(self.storage, stored, wide, 2, one, one, real_dtype(g.dtype), key)
+        def leaf(record, key, g):  # v_t = v_{t-1} + |g_t|^2
+            x = abs_sq(g.astype(compute_dtype(g.dtype)))
+            one = scalar_like(1.0, x)
+            return self.storage.accumulate(record, x, decay=one, weight=one, default_dtype=real_dtype(g.dtype), key=key)
 
-        nu, kept = map_stored(self.storage, leaf, grads, state.nu, count, SUM_STREAM)
+        nu, kept = map_stored(self.storage, leaf, state.nu, grads, count=count, stream=stream_of(self, "nu"))
         one = jnp.asarray(1.0, dtype=float)
         # 1 - b = 1 for both rates: nothing for bias_correction to correct, eps placements agree
         return Moments(grads, None, nu, count, one, one, one), SumState(count, kept, state.hyperparams)
@@ -144,7 +131,7 @@ class InfinityNorm(_StoredMoment, Stage):
     b2: float
     eps: float
     eps_in: str
-    storage: Any
+    storage: Storage
 
     def init(self, params):
         nu = init_stored(self.storage, params, real_moment_dtype)
@@ -155,18 +142,19 @@ class InfinityNorm(_StoredMoment, Stage):
         moments = moments._replace(grad=self._conform(moments.grad, state.nu, "gradients"))
         b2, eps = state.hyperparams["b2"], state.hyperparams["eps"]
 
-        def leaf(g, stored, key, m):
+        def leaf(record, key, g, m):
             x = g.astype(compute_dtype(g.dtype))
             eps_ = scalar_like(eps, x)
             magnitude = jnp.abs(x) + eps_ if self.eps_in == "max" else jnp.abs(x)
-            u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(stored, magnitude.dtype), magnitude)
-            u, kept = store(self.storage, u, real_dtype(g.dtype), key)
+            # u_t = max(b2 u_{t-1}, |g_t| (+ eps))
+            u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(record, dtype=magnitude.dtype), magnitude)
+            u, kept = self.storage.store(u, default_dtype=real_dtype(g.dtype), key=key)
             denominator = u if self.eps_in == "max" else u + eps_
             out = safe_divide(m.astype(compute_dtype(m.dtype)), denominator)
             return out.astype(g.dtype), kept
 
-        stream = INFINITY_NORM_STREAM
-        updates, kept = map_stored(self.storage, leaf, moments.grad, state.nu, moments.count, stream, moments.mu)
+        count, stream = moments.count, stream_of(self, "nu")
+        updates, kept = map_stored(self.storage, leaf, state.nu, moments.grad, moments.mu, count=count, stream=stream)
         return updates, InfinityNormState(kept, state.hyperparams)
 
 
@@ -198,7 +186,7 @@ class UpdateRmsState(NamedTuple):
 class UpdateRms(_StoredMoment, Stage):
     rho: float
     eps_root: float
-    storage: Any
+    storage: Storage
 
     def init(self, params):
         return UpdateRmsState(
@@ -212,15 +200,18 @@ class UpdateRms(_StoredMoment, Stage):
         one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
         count = optax.safe_increment(state.count)
 
-        def leaf(u, stored, key):
+        def leaf(record, key, u):
             x = u.astype(compute_dtype(u.dtype))
-            old = self.storage.decode(stored, real_dtype(x.dtype))
-            delta = jnp.sqrt(old + scalar_like(eps_root, x)) * x
+            # d_t = sqrt(w_{t-1} + eps) u_t,  w_t = rho w_{t-1} + (1 - rho) |d_t|^2
+            w = self.storage.decode(record, dtype=real_dtype(x.dtype))
+            delta = jnp.sqrt(w + scalar_like(eps_root, x)) * x
             c = scalar_like(one_minus_rho, x)
-            _, kept = accumulate(self.storage, stored, delta, 2, 1 - c, c, real_dtype(u.dtype), key)
+            default, keep = real_dtype(u.dtype), self.storage.accumulate
+            _, kept = keep(record, abs_sq(delta), decay=1 - c, weight=c, default_dtype=default, key=key)
             return delta.astype(u.dtype), kept
 
-        updates, kept = map_stored(self.storage, leaf, updates, state.delta_sq, count, UPDATE_RMS_STREAM)
+        stream = stream_of(self, "delta_sq")
+        updates, kept = map_stored(self.storage, leaf, state.delta_sq, updates, count=count, stream=stream)
         return updates, UpdateRmsState(count, kept, state.hyperparams)
 
 

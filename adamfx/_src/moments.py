@@ -23,17 +23,18 @@ from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, identity_state
 from adamfx._src.storage import (
-    MU_STREAM,
-    NU_MAX_STREAM,
-    NU_STREAM,
-    accumulate,
+    Storage,
+    check_keeps_elements,
+    default_dtype_of,
     init_stored,
     map_stored,
     parameter_shaped,
     resolve_storage,
-    store,
+    step_key,
+    stream_of,
 )
 from adamfx._src.tree_math import (
+    abs_sq,
     compute_dtype,
     moment_dtype,
     real_dtype,
@@ -87,8 +88,8 @@ def _require_moments(value: Any, stage: str) -> Moments:
 class ScaleByMoments(Stage):
     b1: float | None
     b2: float | None
-    mu_storage: Any
-    nu_storage: Any
+    mu_storage: Storage | None
+    nu_storage: Storage | None
     names: tuple[str, str] = ("b1", "b2")
     initial_nu: float = 0.0
 
@@ -98,7 +99,15 @@ class ScaleByMoments(Stage):
 
     @property
     def elementwise(self) -> bool:  # as elementwise as its storages (factored is not)
-        return all(getattr(s, "elementwise", True) for s in (self.mu_storage, self.nu_storage) if s is not None)
+        return all(s.elementwise for s in (self.mu_storage, self.nu_storage) if s is not None)
+
+    def _shared_key(self, count):
+        """One random word for both moments when both round stochastically with one seed: the
+        element hash is then computed once per element (each moment salts it with its own value)."""
+        mu, nu = self.mu_storage, self.nu_storage
+        if mu is None or nu is None or not (mu.needs_key and nu.needs_key) or mu.seed != nu.seed:
+            return None
+        return step_key(mu, count, stream_of(self, "moments"))
 
     def _stored_zeros(self, params, storage, default_dtype, value=0.0):
         return None if storage is None else init_stored(storage, params, default_dtype, value)
@@ -120,16 +129,24 @@ class ScaleByMoments(Stage):
         c1 = None if self.b1 is None else state.hyperparams[hp.COMPLEMENT + self.names[0]]
         c2 = None if self.b2 is None else state.hyperparams[hp.COMPLEMENT + self.names[1]]
 
-        def ema(storage, stored, one_minus_b, power, default_dtype, stream):
-            def leaf(g, s, key):
-                wide = g.astype(compute_dtype(g.dtype))
-                c = scalar_like(one_minus_b, wide)
-                return accumulate(storage, s, wide, power, 1 - c, c, default_dtype(g.dtype), key)
+        g = jax.tree.map(lambda g: g.astype(compute_dtype(g.dtype)), grads)
+        key = self._shared_key(count)
 
-            return map_stored(storage, leaf, grads, stored, count, stream)
+        def ema(storage, stored, x, one_minus_b, field):
+            """``b old + (1 - b) x`` leaf by leaf, kept in ``storage`` (the state's ``field``)."""
 
-        mu, new_mu = (None, None) if c1 is None else ema(self.mu_storage, state.mu, c1, 1, lambda d: d, MU_STREAM)
-        nu, new_nu = (None, None) if c2 is None else ema(self.nu_storage, state.nu, c2, 2, real_dtype, NU_STREAM)
+            def leaf(record, key, x, like):
+                c, default = scalar_like(one_minus_b, x), default_dtype_of(x, like)
+                return storage.accumulate(record, x, decay=1 - c, weight=c, default_dtype=default, key=key)
+
+            return map_stored(storage, leaf, stored, x, grads, count=count, stream=stream_of(self, field), key=key)
+
+        mu, new_mu = None, None
+        if c1 is not None:  # m_t = b1 m_{t-1} + (1 - b1) g_t
+            mu, new_mu = ema(self.mu_storage, state.mu, g, c1, "mu")
+        nu, new_nu = None, None
+        if c2 is not None:  # v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
+            nu, new_nu = ema(self.nu_storage, state.nu, jax.tree.map(abs_sq, g), c2, "nu")
         one = jnp.asarray(1.0, dtype=float)
         moments = Moments(grads, mu, nu, count, one if c1 is None else c1, one if c2 is None else c2, one)
         return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)
@@ -267,11 +284,11 @@ class MaxNuState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class MaxNu(Stage):
-    storage: Any
+    storage: Storage
 
     @property
     def elementwise(self) -> bool:
-        return getattr(self.storage, "elementwise", True)
+        return self.storage.elementwise
 
     def init(self, params):
         return MaxNuState(init_stored(self.storage, params, real_moment_dtype))
@@ -279,11 +296,12 @@ class MaxNu(Stage):
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "max_nu")
 
-        def leaf(v, stored, key, g):
-            new = jnp.maximum(self.storage.decode(stored, v.dtype), v)
-            return store(self.storage, new, real_dtype(g.dtype), key)
+        def leaf(record, key, v, g):  # v_max <- max(v_max, v)
+            v_max = jnp.maximum(self.storage.decode(record, dtype=v.dtype), v)
+            return self.storage.store(v_max, default_dtype=real_dtype(g.dtype), key=key)
 
-        nu, kept = map_stored(self.storage, leaf, moments.nu, state.nu_max, moments.count, NU_MAX_STREAM, moments.grad)
+        count, stream = moments.count, stream_of(self, "nu_max")
+        nu, kept = map_stored(self.storage, leaf, state.nu_max, moments.nu, moments.grad, count=count, stream=stream)
         return moments._replace(nu=nu), MaxNuState(kept)
 
 
@@ -294,9 +312,5 @@ def max_nu(*, nu_dtype=None):
     after it, the corrected ``v^`` (optax). State: ``nu_max``.
     """
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
-    if not getattr(storage, "exact_moment", True):
-        raise ValueError(
-            f"max_nu(nu_dtype={nu_dtype!r}) is invalid: a running maximum needs a storage that keeps "
-            'each element (a float dtype or "int8"), not a model of the moment such as "factored".'
-        )
+    check_keeps_elements(storage, "nu_dtype", nu_dtype, "max_nu", "a running maximum")
     return MaxNu(storage).transform()

@@ -27,14 +27,7 @@ from adamfx._src import checks
 from adamfx._src import hyperparams as hp
 from adamfx._src.base import Stage, stage_of
 from adamfx._src.stages import add_decayed_weights, lr_decay
-from adamfx._src.storage import (
-    TRACE_STREAM,
-    accumulate,
-    init_stored,
-    map_stored,
-    parameter_shaped,
-    resolve_storage,
-)
+from adamfx._src.storage import Storage, init_stored, map_stored, parameter_shaped, resolve_storage, stream_of
 from adamfx._src.tree_math import compute_dtype, moment_dtype, scalar_like
 
 
@@ -49,11 +42,11 @@ class Trace(Stage):
     momentum: float
     dampening: float
     nesterov: bool
-    storage: Any
+    storage: Storage
 
     @property
     def elementwise(self) -> bool:
-        return getattr(self.storage, "elementwise", True)
+        return self.storage.elementwise
 
     def init(self, params):
         return TraceState(
@@ -68,17 +61,17 @@ class Trace(Stage):
         first = state.count == 0
         count = optax.safe_increment(state.count)
 
-        def leaf(u, stored, key):
+        def leaf(record, key, u):
             x = u.astype(compute_dtype(u.dtype))
             mu = scalar_like(momentum, x)
             # b_1 = u_1 (undamped), then b_t = mu b_{t-1} + (1 - dampening) u_t
             decay = jnp.where(first, jnp.zeros_like(mu), mu)
             weight = jnp.where(first, jnp.ones_like(mu), 1 - scalar_like(dampening, x))
-            buffer, kept = accumulate(self.storage, stored, x, 1, decay, weight, u.dtype, key)
-            out = x + mu * buffer if self.nesterov else buffer
+            b, kept = self.storage.accumulate(record, x, decay=decay, weight=weight, default_dtype=u.dtype, key=key)
+            out = x + mu * b if self.nesterov else b
             return out.astype(u.dtype), kept
 
-        out, kept = map_stored(self.storage, leaf, updates, state.trace, count, TRACE_STREAM)
+        out, kept = map_stored(self.storage, leaf, state.trace, updates, count=count, stream=stream_of(self, "trace"))
         return out, TraceState(count, kept, state.hyperparams)
 
 

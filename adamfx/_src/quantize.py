@@ -51,9 +51,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from adamfx._src import checks
-from adamfx._src.rounding import uniform
-from adamfx._src.tree_math import abs_sq, placeholder
+from adamfx._src.rounding import ROUNDINGS, check_rounding_and_seed, uniform, value_bits  # noqa: F401 (ROUNDINGS: re-export)
+from adamfx._src.storage import Storage
+from adamfx._src.tree_math import placeholder
 
 
 class CodeFormat(NamedTuple):
@@ -203,17 +203,8 @@ def dequantize(q: Quantized, block_size: int, signed: bool) -> jax.Array:
     return _unblock(value, q.codes.shape)
 
 
-ROUNDINGS = ("stochastic", "nearest")
-
-
-def check_rounding_and_seed(rounding: str, seed: int) -> None:
-    checks.check_choice("rounding", rounding, ROUNDINGS)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed={seed!r} is invalid: it must be an int in [0, 2**32).")
-
-
 @dataclasses.dataclass(frozen=True)
-class Int8Storage:
+class Int8Storage(Storage):
     """Keeps a moment in 8 bits per element, block-wise (``mu_dtype="int8"`` / ``nu_dtype="int8"``).
 
     Args:
@@ -258,44 +249,44 @@ class Int8Storage:
     def _quantizes(self, value: jax.Array) -> bool:
         return value.size >= self.min_size and not jnp.iscomplexobj(value)
 
-    def encode(self, value: jax.Array, default_dtype, key=None) -> Quantized:
+    def encode(self, value: jax.Array, *, default_dtype, key=None) -> Quantized:
         if not self._quantizes(value):
             return Quantized(value, placeholder())
         return self._quantize(value, key)
 
     def _quantize(self, value: jax.Array, key, scale=None) -> Quantized:
         u = None
-        if key is not None and self.needs_key:
-            u = uniform(key, (*n_blocks(value.shape, self.block_size), self.block_size))
+        if key is not None and self.needs_key:  # salted with the values: one key serves every leaf
+            blocks = _blocks(value, self.block_size)
+            u = uniform(key, blocks.shape, salt=value_bits(blocks))
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
-    def accumulate(self, stored: Quantized, g: jax.Array, power: int, decay, weight, default_dtype, key=None):
-        """``new = decay * decode(stored) + weight * x``, ``x = g`` or ``|g|^2`` -> ``(new, encoded new)``.
+    def accumulate(self, stored: Quantized, x: jax.Array, *, decay, weight, default_dtype, key=None):
+        """``new = decay * decode(stored) + weight * x`` (``x``: ``g`` or ``|g|^2``) -> ``(new, encoded new)``.
 
         Uses a running-bound scale: encoding ``new`` with its exact block maxima
         needs ``new`` in memory before the reduction (XLA materialises it: 4
         bytes per element of temporary, more than the state saves). The bound
-        ``decay * scale + weight * max|g|^power >= max|new|`` reduces only the
-        gradient, which is in memory anyway; the float-like code keeps its
+        ``decay * scale + weight * max|x| >= max|new|`` reduces only ``x`` (a
+        function of the gradient, which is in memory anyway); the float-like code keeps its
         relative precision for any scale, and the bound (an EMA of the block
-        maxima of ``|g|^power``) costs a few of the code's 17 (mu) or 33 (nu)
+        maxima of ``|x|``) costs a few of the code's 17 (mu) or 33 (nu)
         binades of range.
         """
-        x = g if power == 1 else abs_sq(g)
-        new = decay * self.decode(stored, x.dtype) + weight * x
+        new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
-            return new, self.encode(new, default_dtype, key)
-        bound = decay * stored.scale + weight * block_max(g, self.block_size) ** power
+            return new, self.encode(new, default_dtype=default_dtype, key=key)
+        bound = decay * stored.scale + weight * block_max(x, self.block_size)
         return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
-    def zeros(self, value: jax.Array, default_dtype) -> Quantized:
+    def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:
         """``encode`` of the all-zero ``value``: zero codes and scales."""
         if not self._quantizes(value):
             return Quantized(value, placeholder())
         codes = jnp.zeros_like(value, jnp.uint8)
         return Quantized(codes, jnp.zeros(n_blocks(value.shape, self.block_size), value.dtype))
 
-    def decode(self, stored: Quantized, dtype) -> jax.Array:
+    def decode(self, stored: Quantized, *, dtype) -> jax.Array:
         if stored.codes.dtype != jnp.uint8:  # kept as it was
             return stored.codes.astype(dtype)
         return dequantize(stored, self.block_size, self.signed is not False).astype(dtype)
