@@ -57,27 +57,34 @@ from adamfx._src.tree_math import abs_sq, placeholder
 
 
 class CodeFormat(NamedTuple):
-    """A float-like code for magnitudes in ``[0, max_value]``: exponent and mantissa bits."""
+    """A float-like code for magnitudes in ``[0, max_value]``: exponent and mantissa bits.
+
+    ``infinity``: the top code stands for ``+inf`` (the unsigned code of the second
+    moment, whose ``|g|^2`` can overflow float32 for a finite gradient); the largest
+    finite code is then the one below it.
+    """
 
     exponent_bits: int
     mantissa_bits: int
+    infinity: bool = False
 
     @property
     def bias(self) -> int:  # the top exponent field holds the binade [1, 2)
         return 2**self.exponent_bits - 1
 
     @property
-    def max_code(self) -> int:
-        return 2 ** (self.exponent_bits + self.mantissa_bits) - 1
+    def max_code(self) -> int:  # the largest finite code
+        return 2 ** (self.exponent_bits + self.mantissa_bits) - 1 - self.infinity
 
     @property
     def max_value(self) -> float:
-        return 2.0 - 2.0**-self.mantissa_bits
+        return 2.0 - (1 + self.infinity) * 2.0**-self.mantissa_bits
 
 
 SIGNED = CodeFormat(4, 3)  # plus a sign bit
-UNSIGNED = CodeFormat(5, 3)
+UNSIGNED = CodeFormat(5, 3, infinity=True)
 SIGN_BIT = 0x80
+INFINITY_CODE = 0xFF  # of the unsigned code
 
 
 def _power_of_two(exponent: jax.Array) -> jax.Array:
@@ -159,9 +166,43 @@ def _abs_max(blocks: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.max(blocks, axis=-1), -jnp.min(blocks, axis=-1))
 
 
+def _square_is_finite(x: jax.Array) -> jax.Array:
+    """Whether ``x^2`` is finite (false for inf, NaN and ``|x| >= ~2^64``, whose square overflows float32)."""
+    return x * x < jnp.inf
+
+
 def block_max(x: jax.Array, block_size: int) -> jax.Array:
     """The maximum of ``|x|`` over each block of real ``x`` (shape :func:`n_blocks`)."""
     return _abs_max(_blocks(x, block_size))
+
+
+def bounded_block_max(x: jax.Array, block_size: int) -> jax.Array:
+    """:func:`block_max` over the elements whose square is finite (the others count as 0).
+
+    An element whose ``x^2`` overflows gets ``v = inf`` and, as with float32 state,
+    a zero step whatever its other moments hold; leaving it out of the block
+    scales keeps the rest of its block at full precision.
+    """
+    return block_max(jnp.where(_square_is_finite(x), x, 0), block_size)
+
+
+def _round(position: jax.Array, dither: jax.Array | float, fmt: CodeFormat, signed: bool) -> jax.Array:
+    """Codes for code positions: ``floor(p + dither)`` in the normal range; below it, toward the safe side.
+
+    Under the smallest normal code the steps are absolute (``2^-M`` of the
+    binade), so rounding there can change a value by 100% or more: a first
+    moment (signed) rounds toward zero and a second moment (unsigned) away from
+    it, so the decoded ``|m|`` never exceeds ``(1 + 2^-M) |m|`` and the decoded
+    ``v`` never falls under ``v / (1 + 2^-M)``: ``|m| / sqrt(v)`` -- the step --
+    stays within ~19% of the exact one, and ``v`` never flushes to 0 under a
+    nonzero ``m`` (which made steps of ``m / eps``).
+    """
+    normal = position >= 2**fmt.mantissa_bits
+    if signed:
+        code = jnp.floor(jnp.where(normal, position + dither, position))
+    else:
+        code = jnp.where(normal, jnp.floor(position + dither), jnp.ceil(position))
+    return jnp.clip(code, 0, fmt.max_code)
 
 
 def quantize(
@@ -169,9 +210,12 @@ def quantize(
 ) -> Quantized:
     """Block-wise 8-bit codes of the real array ``x``; ``u`` (``U[0,1)``, block-shaped) rounds stochastically.
 
-    Without ``u`` each element goes to the nearest code value. Unsigned codes
-    store ``max(x, 0)``. ``scale`` (per block, ``>= max |x|``; default: the
-    blocks' absolute maxima) is the value of the largest code.
+    Without ``u`` each element goes to the nearest code value (in the normal
+    range; see :func:`_round` below it). Unsigned codes store ``max(x, 0)`` and
+    keep ``+inf`` (a dedicated code); signed codes saturate values beyond the
+    scale. ``scale`` (per block, ``>= max |x|`` over the finite ``x``; default:
+    the blocks' absolute maxima over their finite elements) is the value of the
+    largest finite code.
 
     >>> import jax.numpy as jnp
     >>> q = quantize(jnp.array([1.0, -0.5, 0.01, 0.0]), block_size=4, signed=True)
@@ -182,13 +226,15 @@ def quantize(
     blocks = _blocks(x, block_size)
     magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
     if scale is None:
-        scale = _abs_max(blocks) if signed else jnp.maximum(jnp.max(blocks, axis=-1), 0)
+        finite = jnp.where(magnitude < jnp.inf, magnitude, 0)
+        scale = jnp.max(finite, axis=-1)
     divisor = jnp.where(scale > 0, scale, 1)[..., None] / fmt.max_value
     y = (magnitude / divisor).astype(jnp.float32)
-    position = code_position(y, fmt) + (0.5 if u is None else u)
-    code = jnp.clip(jnp.floor(position), 0, fmt.max_code).astype(jnp.uint8)
+    code = _round(code_position(y, fmt), 0.5 if u is None else u, fmt, signed).astype(jnp.uint8)
     if signed:
         code = code | jnp.where(blocks < 0, SIGN_BIT, 0).astype(jnp.uint8)
+    else:  # +inf keeps its code; a positive value never becomes 0 (y can underflow: denormals flush)
+        code = jnp.where(y == jnp.inf, jnp.uint8(INFINITY_CODE), jnp.where(magnitude > 0, jnp.maximum(code, 1), code))
     return Quantized(_unblock(code, x.shape), scale)
 
 
@@ -200,6 +246,8 @@ def dequantize(q: Quantized, block_size: int, signed: bool) -> jax.Array:
     value = code_value(magnitude, fmt) * (q.scale[..., None] / fmt.max_value)
     if signed:
         value = jnp.where(codes >= SIGN_BIT, -value, value)
+    else:
+        value = jnp.where(codes == INFINITY_CODE, jnp.inf, value)
     return _unblock(value, q.codes.shape)
 
 
@@ -285,7 +333,7 @@ class Int8Storage:
         new = decay * self.decode(stored, x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
             return new, self.encode(new, default_dtype, key)
-        bound = decay * stored.scale + weight * block_max(g, self.block_size) ** power
+        bound = decay * stored.scale + weight * bounded_block_max(g, self.block_size) ** power
         return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
     def zeros(self, value: jax.Array, default_dtype) -> Quantized:
