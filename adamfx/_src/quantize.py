@@ -52,7 +52,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from adamfx._src import checks
-from adamfx._src.rounding import uniform
 from adamfx._src.tree_math import abs_sq, placeholder
 
 
@@ -97,7 +96,8 @@ def code_position(y: jax.Array, fmt: CodeFormat) -> jax.Array:
 
     With ``e = max(floor(log2 y), 1 - bias)`` and ``M`` mantissa bits,
     ``p(y) = 2^M (e + bias - 1) + y 2^(M - e)``; it equals ``k`` at
-    ``y = code_value(k)``.
+    ``y = code_value(k)``. (:func:`quantize` rounds it by integer arithmetic on
+    ``y``'s bits, see :func:`_round`; this float form documents and tests it.)
     """
     m = fmt.mantissa_bits
     exponent = (lax.bitcast_convert_type(y, jnp.uint32) >> 23).astype(jnp.int32) - 127
@@ -108,13 +108,15 @@ def code_position(y: jax.Array, fmt: CodeFormat) -> jax.Array:
 def code_value(code: jax.Array, fmt: CodeFormat) -> jax.Array:
     """The float32 value of integer codes ``0 <= k <= fmt.max_code`` (inverse of :func:`code_position`).
 
-    ``k = 2^M e + f``: ``(2^M + f) 2^(e - bias - M)`` for ``e >= 1``, ``f 2^(1 - bias - M)`` for ``e = 0``.
+    ``k = 2^M e + f``: ``(2^M + f) 2^(e - bias - M)`` for ``e >= 1`` -- the float32
+    whose bits are ``k`` shifted into the exponent and mantissa fields, exponent
+    rebiased -- and ``f 2^(1 - bias - M)`` for ``e = 0``.
     """
     m = fmt.mantissa_bits
     code = code.astype(jnp.int32)
-    exponent, fraction = code >> m, code & (2**m - 1)
-    significand = jnp.where(exponent > 0, fraction + 2**m, fraction).astype(jnp.float32)
-    return significand * _power_of_two(jnp.maximum(exponent, 1) - fmt.bias - m)
+    normal = lax.bitcast_convert_type((code << (23 - m)) + ((127 - fmt.bias) << 23), jnp.float32)
+    subnormal = code.astype(jnp.float32) * jnp.float32(2.0 ** (1 - fmt.bias - m))
+    return jnp.where(code < 2**m, subnormal, normal)
 
 
 class Quantized(NamedTuple):
@@ -181,34 +183,63 @@ def bounded_block_max(x: jax.Array, block_size: int) -> jax.Array:
 
     An element whose ``x^2`` overflows gets ``v = inf`` and, as with float32 state,
     a zero step whatever its other moments hold; leaving it out of the block
-    scales keeps the rest of its block at full precision.
+    scales keeps the rest of its block at full precision. The masked reduction
+    (an extra pass over ``x`` on CPU) runs only when some block needs it.
     """
-    return block_max(jnp.where(_square_is_finite(x), x, 0), block_size)
+    plain = block_max(x, block_size)
+    masked = lambda: block_max(jnp.where(_square_is_finite(x), x, 0), block_size)  # noqa: E731
+    return lax.cond(_square_is_finite(plain).all(), lambda: plain, masked)
 
 
-def _round(position: jax.Array, dither: jax.Array | float, fmt: CodeFormat, signed: bool) -> jax.Array:
-    """Codes for code positions: ``floor(p + dither)`` in the normal range; below it, toward the safe side.
+def random_words(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """32 random bits per element for stochastic rounding: ``(i + k) * 0x9E3779B9 mod 2^32``.
 
-    Under the smallest normal code the steps are absolute (``2^-M`` of the
-    binade), so rounding there can change a value by 100% or more: a first
-    moment (signed) rounds toward zero and a second moment (unsigned) away from
-    it, so the decoded ``|m|`` never exceeds ``(1 + 2^-M) |m|`` and the decoded
+    ``i`` is the row-major element index and ``k`` a word drawn from ``key``. For
+    each element, ``(i + k) mod 2^32`` is uniform when ``k`` is, and multiplying by
+    an odd constant permutes the 32-bit words, so every element's word is
+    exactly uniform and independent from step to step (each step draws a new
+    ``k``); within one step neighbouring elements get an evenly spread (Weyl)
+    sequence, which biases no element's rounding. One multiply-add per element,
+    where a hash of the index (:func:`adamfx._src.rounding.random_bits`) costs
+    about as much as the rest of the int8 encode on CPU.
+    """
+    k = jax.random.bits(key, (), jnp.uint32)
+    index = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    return (index + k) * jnp.uint32(0x9E3779B9)
+
+
+def _round(y: jax.Array, positive: jax.Array, dither: jax.Array, fmt: CodeFormat, signed: bool) -> jax.Array:
+    """Codes (int32, ``<= fmt.max_code``) of magnitudes ``y`` for integer ``dither`` in ``[0, 2^(23 - M))``.
+
+    In the normal range ``floor(p(y) + dither / 2^(23 - M))`` is exact integer
+    arithmetic on ``y``'s bits: the top ``M`` mantissa bits are the code's
+    fraction, the 20 below them the position's fractional part, and a carry
+    moves into the exponent as it should. Below the smallest normal code the
+    steps are absolute (``2^-M`` of the binade), so rounding there can change a
+    value by 100% or more: a first moment (signed) rounds toward zero and a
+    second moment (unsigned) away from it (a ``positive`` value never becomes
+    0), so the decoded ``|m|`` never exceeds ``(1 + 2^-M) |m|`` and the decoded
     ``v`` never falls under ``v / (1 + 2^-M)``: ``|m| / sqrt(v)`` -- the step --
-    stays within ~19% of the exact one, and ``v`` never flushes to 0 under a
+    stays within ~19% of the exact one, and ``v`` cannot flush to 0 under a
     nonzero ``m`` (which made steps of ``m / eps``).
     """
-    normal = position >= 2**fmt.mantissa_bits
+    m = fmt.mantissa_bits
+    bits = lax.bitcast_convert_type(y, jnp.int32)
+    normal = jnp.minimum(((bits + dither) >> (23 - m)) - ((127 - fmt.bias) << m), fmt.max_code)
+    position = y * jnp.float32(2.0 ** (fmt.bias - 1 + m))  # below 2^M: the subnormal codes
     if signed:
-        code = jnp.floor(jnp.where(normal, position + dither, position))
+        low = position.astype(jnp.int32)  # toward zero
     else:
-        code = jnp.where(normal, jnp.floor(position + dither), jnp.ceil(position))
-    return jnp.clip(code, 0, fmt.max_code)
+        low = jnp.maximum(jnp.ceil(position).astype(jnp.int32), positive.astype(jnp.int32))
+    return jnp.where(y < jnp.float32(2.0 ** (1 - fmt.bias)), low, normal)
 
 
 def quantize(
     x: jax.Array, block_size: int, signed: bool, u: jax.Array | None = None, scale: jax.Array | None = None
 ) -> Quantized:
-    """Block-wise 8-bit codes of the real array ``x``; ``u`` (``U[0,1)``, block-shaped) rounds stochastically.
+    """Block-wise 8-bit codes of the real array ``x``; ``u`` (block-shaped) rounds stochastically.
+
+    ``u``: ``U[0, 1)`` floats, or uniform ``uint32`` words (their top bits are used).
 
     Without ``u`` each element goes to the nearest code value (in the normal
     range; see :func:`_round` below it). Unsigned codes store ``max(x, 0)`` and
@@ -228,13 +259,20 @@ def quantize(
     if scale is None:
         finite = jnp.where(magnitude < jnp.inf, magnitude, 0)
         scale = jnp.max(finite, axis=-1)
-    divisor = jnp.where(scale > 0, scale, 1)[..., None] / fmt.max_value
-    y = (magnitude / divisor).astype(jnp.float32)
-    code = _round(code_position(y, fmt), 0.5 if u is None else u, fmt, signed).astype(jnp.uint8)
+    inverse = (fmt.max_value / jnp.where(scale > 0, scale, 1)).astype(jnp.float32)[..., None]
+    y = magnitude.astype(jnp.float32) * inverse
+    shift = 23 - fmt.mantissa_bits
+    if u is None:
+        dither = jnp.int32(1 << (shift - 1))
+    elif u.dtype == jnp.uint32:  # random bits: the top ones
+        dither = (u >> (32 - shift)).astype(jnp.int32)
+    else:
+        dither = (u * 2.0**shift).astype(jnp.int32)
+    code = _round(y, magnitude > 0, dither, fmt, signed).astype(jnp.uint8)
     if signed:
         code = code | jnp.where(blocks < 0, SIGN_BIT, 0).astype(jnp.uint8)
-    else:  # +inf keeps its code; a positive value never becomes 0 (y can underflow: denormals flush)
-        code = jnp.where(y == jnp.inf, jnp.uint8(INFINITY_CODE), jnp.where(magnitude > 0, jnp.maximum(code, 1), code))
+    else:  # +inf keeps its code
+        code = jnp.where(y == jnp.inf, jnp.uint8(INFINITY_CODE), code)
     return Quantized(_unblock(code, x.shape), scale)
 
 
@@ -314,7 +352,7 @@ class Int8Storage:
     def _quantize(self, value: jax.Array, key, scale=None) -> Quantized:
         u = None
         if key is not None and self.needs_key:
-            u = uniform(key, (*n_blocks(value.shape, self.block_size), self.block_size))
+            u = random_words(key, (*n_blocks(value.shape, self.block_size), self.block_size))
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
     def accumulate(self, stored: Quantized, g: jax.Array, power: int, decay, weight, default_dtype, key=None):
