@@ -254,39 +254,52 @@ def quantize(
     (dtype('uint8'), Array([ 1.        , -0.5       ,  0.01041667,  0.        ], dtype=float32))
     """
     fmt = SIGNED if signed else UNSIGNED
-    blocks = _blocks(x, block_size)
-    magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
+    shape, blocks = x.shape, _blocks(x, block_size)
     if scale is None:
-        finite = jnp.where(magnitude < jnp.inf, magnitude, 0)
-        scale = jnp.max(finite, axis=-1)
-    inverse = (fmt.max_value / jnp.where(scale > 0, scale, 1)).astype(jnp.float32)[..., None]
+        magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
+        scale = jnp.max(jnp.where(magnitude < jnp.inf, magnitude, 0), axis=-1)
+    x, spread = _elementwise_view(x, block_size)
+    magnitude = jnp.abs(x) if signed else jnp.maximum(x, 0)
+    inverse = spread((fmt.max_value / jnp.where(scale > 0, scale, 1)).astype(jnp.float32))
     y = magnitude.astype(jnp.float32) * inverse
     shift = 23 - fmt.mantissa_bits
     if u is None:
         dither = jnp.int32(1 << (shift - 1))
     elif u.dtype == jnp.uint32:  # random bits: the top ones
-        dither = (u >> (32 - shift)).astype(jnp.int32)
+        dither = (u.reshape(x.shape) >> (32 - shift)).astype(jnp.int32)
     else:
-        dither = (u * 2.0**shift).astype(jnp.int32)
+        dither = (u.reshape(x.shape) * 2.0**shift).astype(jnp.int32)
     code = _round(y, magnitude > 0, dither, fmt, signed).astype(jnp.uint8)
     if signed:
-        code = code | jnp.where(blocks < 0, SIGN_BIT, 0).astype(jnp.uint8)
+        code = code | jnp.where(x < 0, SIGN_BIT, 0).astype(jnp.uint8)
     else:  # +inf keeps its code
         code = jnp.where(y == jnp.inf, jnp.uint8(INFINITY_CODE), code)
-    return Quantized(_unblock(code, x.shape), scale)
+    return Quantized(code if _row_blocks(shape, block_size) else _unblock(code, shape), scale)
 
 
 def dequantize(q: Quantized, block_size: int, signed: bool) -> jax.Array:
     """The values that :func:`quantize` encoded, in the scale's dtype."""
     fmt = SIGNED if signed else UNSIGNED
-    codes = _blocks(q.codes, block_size)
+    codes, spread = _elementwise_view(q.codes, block_size)
     magnitude = codes & (SIGN_BIT - 1) if signed else codes
-    value = code_value(magnitude, fmt) * (q.scale[..., None] / fmt.max_value)
+    value = code_value(magnitude, fmt) * spread(q.scale / fmt.max_value)
     if signed:
         value = jnp.where(codes >= SIGN_BIT, -value, value)
     else:
         value = jnp.where(codes == INFINITY_CODE, jnp.inf, value)
-    return _unblock(value, q.codes.shape)
+    return value if _row_blocks(q.codes.shape, block_size) else _unblock(value, q.codes.shape)
+
+
+def _elementwise_view(x: jax.Array, block_size: int):
+    """``x`` as the encoder works on it, and ``spread(per_block)``: per-block values broadcast to it.
+
+    When the blocks tile the last axis that is ``x`` itself (the scales broadcast
+    along it), so the encoder's loops run over the leaf's own shape -- the same
+    as the update's, which lets XLA fuse them -- else the padded blocks.
+    """
+    if _row_blocks(x.shape, block_size):
+        return x, lambda s: jnp.broadcast_to(s[..., None], (*s.shape, block_size)).reshape(x.shape)
+    return _blocks(x, block_size), lambda s: s[..., None]
 
 
 ROUNDINGS = ("stochastic", "nearest")
