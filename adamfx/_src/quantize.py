@@ -14,6 +14,19 @@ block maximum (value = scale * code value / code maximum):
 - second moment (unsigned): no sign bit; the spare bit widens the exponent
   (E5M3), because ``v ~ g^2`` spans the square of the first moment's range:
   ``v / absmax`` spans 1 down to 2^-33 (``sqrt(v)`` the same 2^-16.5 as ``mu``).
+  Its top code is ``+inf`` (the largest finite code is 1.75): a finite gradient
+  whose square overflows gets ``v = inf`` and a zero step, as with float32
+  state, and is left out of the block scales, so the rest of its block keeps
+  its precision.
+
+Steps stay bounded: in the normal range rounding moves a value by at most one
+code step (relative ``2^-M``); below it the steps are absolute, and there the
+first moment rounds toward zero and the second away from it (a positive ``v``
+never becomes 0). So the decoded ``|m|`` is at most ``(9/8) |m|`` and the decoded
+``v`` at least ``(8/9) v``: ``m / sqrt(v)`` never exceeds the exact moments' by
+more than ~19%, however far an element sits below its block's maximum (rounding
+up to the smallest code, or ``v`` flushing to 0 under a nonzero ``m``, made steps
+of ``m / eps``, 100x the float32 ones).
 
 The scale: ``encode`` uses each block's absolute maximum, as the paper does.
 Inside an optimizer step (``accumulate``, the moving average) it uses a running
