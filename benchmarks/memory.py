@@ -19,7 +19,8 @@ Three measurements, each printed as a table and written to ``benchmarks/out/memo
    ``optax.adam`` measured in the same process.
 
 Run: ``python benchmarks/memory.py`` (about 5 minutes on 2 CPU cores; ``--quick``
-skips the 124M peak-memory runs).
+skips the 124M peak-memory runs; ``--lowbit-speed`` runs only the step speed, on one
+4096 x 4096 leaf, 2^24 parameters).
 """
 
 from __future__ import annotations
@@ -161,8 +162,7 @@ def peak_table() -> dict:
     return rows
 
 
-def speed_table(steps: int) -> dict:
-    shape = (8192, 4096)
+def speed_table(steps: int, shape: tuple[int, int] = (8192, 4096)) -> dict:
     contenders = {name: optimizer(name) for name in [*SPEED_CONFIGS, "optax.adam"]}
     runners = {}
     for name, tx in contenders.items():
@@ -190,7 +190,8 @@ def speed_table(steps: int) -> dict:
             runner[1], runner[2] = params, state
     med = {name: float(np.median(t)) for name, t in times.items()}
     spread = {name: float(np.percentile(t, 75) - np.percentile(t, 25)) for name, t in times.items()}
-    print(f"\n## Adam step on one 8192x4096 leaf (2^25 params), median of {steps} interleaved steps\n")
+    size = f"{shape[0]}x{shape[1]} leaf (2^{int(np.log2(shape[0] * shape[1]))} params)"
+    print(f"\n## Adam step on one {size}, median of {steps} interleaved steps\n")
     print("| storage | ms | IQR ms | vs fp32 adamfx | vs optax.adam |\n|---|---|---|---|---|")
     for name in runners:
         print(
@@ -235,7 +236,14 @@ def main() -> None:
     parser.add_argument("--peak-child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="skip the 124M peak-memory subprocesses")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per contender")
+    parser.add_argument(
+        "--lowbit-speed", action="store_true", help="only the step speed, on one 4096x4096 leaf (2^24 params)"
+    )
     args = parser.parse_args()
+    if args.lowbit_speed:
+        print(f"device: {jax.devices()[0]}, jax {jax.__version__}")
+        speed_table(args.steps, (4096, 4096))
+        return
     if args.peak_child:
         print(json.dumps(peak_child(args.peak_child)))
         return

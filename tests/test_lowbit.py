@@ -179,7 +179,13 @@ def test_lax_cond_can_skip_a_step(name):
         return jax.lax.cond(skip, lambda s: s, lambda s: tx.update(grads, s, PARAMS)[1], state)
 
     assert_trees_equal(maybe(True, state), state)
-    assert_trees_equal(maybe(False, state), jax.jit(tx.update)(grads, state, PARAMS)[1])
+    taken, direct = maybe(False, state), jax.jit(tx.update)(grads, state, PARAMS)[1]
+    if name != "factored":
+        assert_trees_equal(taken, direct)
+        return
+    # The factored means reduce the gradient itself (nothing |g|^2-sized is written out), and XLA:CPU's
+    # reduction kernel sums a parameter and a conditional's tuple element in different orders: 1-2 ulps apart.
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2.0**-22), taken, direct)
 
 
 def test_stochastic_rounding_is_reproducible_and_seeded():

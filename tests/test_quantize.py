@@ -4,7 +4,9 @@ error bounds as properties over random shapes and magnitudes, and unbiased stoch
 The reference code table is written here from its definition (an 8-bit float
 normalised so that the block's absolute maximum is the largest code): the
 signed code has a sign bit, 4 exponent and 3 mantissa bits; the unsigned code
-5 exponent and 3 mantissa bits; both with subnormals and the top binade [1, 2).
+5 exponent and 3 mantissa bits; both with subnormals and the top binade [1, 2). The unsigned
+code's top value stands for +inf (a second moment whose g^2 overflowed). Below the smallest
+normal value the signed code rounds toward zero and the unsigned code away from it.
 """
 
 import functools
@@ -24,18 +26,20 @@ from adamfx._src.storage import resolve_storage
 from tests.test_rounding import assert_unbiased
 
 
-def code_table(exponent_bits: int, mantissa_bits: int = 3) -> np.ndarray:
-    """All magnitudes of the code, ascending, normalised to a maximum of 1 (float64)."""
+def code_table(exponent_bits: int, infinity: bool, mantissa_bits: int = 3) -> np.ndarray:
+    """All finite magnitudes of the code, ascending, normalised to a maximum of 1 (float64)."""
     bias = 2**exponent_bits - 1
     values = [f * 2.0 ** (1 - bias - mantissa_bits) for f in range(2**mantissa_bits)]
     for e in range(1, 2**exponent_bits):
         values += [(1 + f / 2**mantissa_bits) * 2.0 ** (e - bias) for f in range(2**mantissa_bits)]
-    table = np.array(values)
+    table = np.array(values[:-1] if infinity else values)  # the top unsigned code is +inf
     return table / table[-1]
 
 
-TABLES = {True: code_table(4), False: code_table(5)}
+TABLES = {True: code_table(4, infinity=False), False: code_table(5, infinity=True)}
 MANTISSA = 3
+MAX_VALUE = {True: 2 - 2.0**-MANTISSA, False: 2 - 2.0 ** (1 - MANTISSA)}  # the largest finite code's value
+SMALLEST_NORMAL = {signed: TABLES[signed][2**MANTISSA] for signed in (True, False)}
 
 
 def block_absmax(x: np.ndarray, block_size: int) -> np.ndarray:
@@ -46,7 +50,8 @@ def block_absmax(x: np.ndarray, block_size: int) -> np.ndarray:
 
 
 def reference_nearest(x: np.ndarray, block_size: int, signed: bool) -> np.ndarray:
-    """NumPy: per block, the nearest table value times the block's absolute maximum."""
+    """NumPy: per block, the nearest table value times the block's absolute maximum; below the
+    smallest normal value the next table value toward zero (signed) or away from it (unsigned)."""
     table = TABLES[signed]
     flat = x.astype(np.float64).reshape(-1)
     if not signed:
@@ -54,7 +59,12 @@ def reference_nearest(x: np.ndarray, block_size: int, signed: bool) -> np.ndarra
     absmax = block_absmax(flat, block_size)
     y = np.abs(flat) / np.where(absmax > 0, absmax, 1)
     nearest = table[np.argmin(np.abs(y[:, None] - table[None, :]), axis=1)]
-    return (np.sign(flat) * nearest * absmax).reshape(x.shape)
+    if signed:
+        directed = table[np.searchsorted(table, y, side="right") - 1]
+    else:
+        directed = table[np.minimum(np.searchsorted(table, y, side="left"), table.size - 1)]
+    rounded = np.where(y < SMALLEST_NORMAL[signed], directed, nearest)
+    return (np.sign(flat) * rounded * absmax).reshape(x.shape)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -85,12 +95,14 @@ arrays = hnp.arrays(
 block_sizes = st.sampled_from([1, 3, 16, 64, 256])
 
 
-def error_bound(x: np.ndarray, block_size: int, signed: bool, steps: float) -> np.ndarray:
-    """``steps`` code steps: relative ``steps * 2^-M`` in the normal range, absolute below it, plus float32 slack."""
+def error_bound(x: np.ndarray, block_size: int, signed: bool, steps: float, low_steps: float | None = None):
+    """``steps`` code steps: relative ``steps * 2^-M`` in the normal range, ``low_steps`` (default
+    ``steps``) absolute ones below it, plus float32 slack."""
+    low_steps = steps if low_steps is None else low_steps
     bias = 2 ** (4 if signed else 5) - 1
     flat = np.abs(x.astype(np.float64).reshape(-1))
-    subnormal_step = block_absmax(flat, block_size) / (2 - 2.0**-MANTISSA) * 2.0 ** (1 - bias - MANTISSA)
-    bound = steps * (flat * 2.0**-MANTISSA + subnormal_step) + 8 * 2.0**-24 * flat
+    subnormal_step = block_absmax(flat, block_size) / MAX_VALUE[signed] * 2.0 ** (1 - bias - MANTISSA)
+    bound = steps * flat * 2.0**-MANTISSA + low_steps * subnormal_step * (1 + 2.0**-20) + 8 * 2.0**-24 * flat
     return bound.reshape(x.shape)
 
 
@@ -107,7 +119,10 @@ def test_nearest_rounding_matches_the_code_table(x, block_size, signed):
     want = reference_nearest(x, block_size, signed)
     # ties and float32 division may pick the other of two equally near codes: allow 1e-6 relative slack
     assert np.all(np.abs(got - want) <= 1e-6 * np.abs(want) + error_bound(x, block_size, signed, 0) + 1e-45)
-    assert np.all(np.abs(got - x) <= error_bound(x, block_size, signed, 0.5))
+    # half a step in the normal range; below it a whole (absolute) step, toward the safe side
+    assert np.all(np.abs(got - x) <= error_bound(x, block_size, signed, 0.5, 1.0))
+    small = np.abs(x) < block_absmax(x, block_size).reshape(x.shape) * SMALLEST_NORMAL[signed]
+    assert np.all(np.abs(got[small]) <= np.abs(x[small])) if signed else np.all(got[small] >= x[small])
 
 
 @settings(max_examples=80, deadline=None)
@@ -144,6 +159,7 @@ def test_stochastic_rounding_is_unbiased(signed):
     x = (rng.standard_normal(512) * 10.0 ** rng.uniform(-4, 0, 512)).astype(np.float32)
     x[0] = 3.0  # each block's maximum is 3: the scale is the same in every draw
     x[256] = -3.0 if signed else 3.0
+    x[1:5] = [1e-9, 2e-10, 5e-12, -7e-10]  # below both codes' smallest normal value (3 * 2^-14, 3 * 2^-30)
     if not signed:
         x = np.abs(x)
     x64 = x.astype(np.float64)
@@ -155,9 +171,16 @@ def test_stochastic_rounding_is_unbiased(signed):
         u = adamfx._src.rounding.uniform(key, (2, 256))  # x has 512 elements: two blocks of the last axis
         return dequantize(quantize(jnp.asarray(x), 256, signed, u), 256, signed)
 
-    samples = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(1), 4000))
-    # the decoded value is code * (absmax / 1.875) in float32: within 2 ulps of the exact table value
-    assert_unbiased(np.asarray(samples, np.float64), x64, lo, hi, rtol=2.0**-22)
+    samples = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(1), 4000)), np.float64)
+    # the decoded value is code * (absmax / max value) in float32: within 2 ulps of the exact table value;
+    # unbiased in the normal range, below it always the neighbour toward zero (signed) / away from it
+    normal = np.abs(x64) >= 3.0 * SMALLEST_NORMAL[signed]
+    assert 4 <= (~normal).sum() < 100
+    assert_unbiased(samples[:, normal], x64[normal], lo[normal], hi[normal], rtol=2.0**-22)
+    safe_side = lo[~normal] if signed else hi[~normal]
+    safe_side = np.where(x64[~normal] < 0, hi[~normal], safe_side)
+    low = samples[:, ~normal]
+    np.testing.assert_allclose(low, np.broadcast_to(safe_side, low.shape), rtol=2.0**-22)
 
 
 def test_int8_storage_keeps_small_and_complex_leaves_in_float32():
@@ -217,7 +240,7 @@ def test_accumulate_keeps_a_running_bound_of_the_block_maxima(power):
         )
         got = np.asarray(storage.decode(rounded, dtype=jnp.float32), np.float64)
         bias = 2 ** (4 if power == 1 else 5) - 1
-        floor = np.repeat(blocks, 256, axis=-1).reshape(shape) / (2 - 2.0**-MANTISSA) * 2.0 ** (1 - bias - MANTISSA)
+        floor = np.repeat(blocks, 256, axis=-1).reshape(shape) / MAX_VALUE[power == 1] * 2.0 ** (1 - bias - MANTISSA)
         assert np.all(np.abs(got - x) <= np.abs(x) * (2.0**-MANTISSA + 2.0**-20) + floor)
 
 

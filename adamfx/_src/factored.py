@@ -30,6 +30,7 @@ from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from adamfx._src.storage import Storage
 from adamfx._src.tree_math import placeholder
@@ -48,8 +49,69 @@ class Factored(NamedTuple):
 
 
 def factor(value: jax.Array) -> Factored:
-    """Row and column means of ``value`` over its last two axes."""
-    return Factored(value.mean(axis=-1), value.mean(axis=-2), placeholder())
+    """Row and column means of ``value`` over its last two axes (see :func:`_factor_overflowed` for ``inf``)."""
+    row, col = value.mean(axis=-1), value.mean(axis=-2)
+    overflowed = jnp.isinf(row)  # a row holding an infinite element (second moments are >= 0)
+    row, col = lax.cond(overflowed.any(), _factor_overflowed, lambda v, r, c: (r, c), value, row, col)
+    return Factored(row, col, placeholder())
+
+
+def _factor_overflowed(value: jax.Array, row: jax.Array, col: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Factors of a moment with infinite elements (a finite gradient whose square overflowed).
+
+    Float32 state keeps ``v = inf`` for such an element, and so a zero step, for
+    ever, and nothing else changes. Here the rows and columns that hold one are
+    *flagged* by the sign bit of their (non-negative) mean, and :func:`unfactor`
+    returns ``inf`` where a flagged row meets a flagged column (the set ``S``) --
+    for one overflowed element, exactly that element. The means themselves are
+    over the finite estimate, with each entry of ``S`` filled by the rank-1
+    estimate of the rest, ``f_kl = r~_k c~_l / Q`` (``r~``, ``c~``: the means over
+    the unflagged columns, rows; ``Q``: the mean of the unflagged block), so the
+    flagged rows and columns keep following Adafactor's averages.
+    """
+    del row
+    flag_rows, flag_cols = jnp.isinf(value).any(axis=-1), jnp.isinf(col)
+    in_s = flag_rows[..., :, None] & flag_cols[..., None, :]
+    kept = jnp.where(in_s, 0, value)  # every infinite element is in S
+    n_rows, n_cols = value.shape[-2], value.shape[-1]
+    row_sum, col_sum = kept.sum(axis=-1), kept.sum(axis=-2)
+    free_rows = (n_rows - flag_rows.sum(axis=-1, keepdims=True)).astype(value.dtype)
+    free_cols = (n_cols - flag_cols.sum(axis=-1, keepdims=True)).astype(value.dtype)
+    on_flags = lambda sums, flags: jnp.where(flags, sums, 0).sum(axis=-1, keepdims=True)  # noqa: E731
+    block_sum = row_sum.sum(axis=-1, keepdims=True) - on_flags(row_sum, flag_rows) - on_flags(col_sum, flag_cols)
+    safe = lambda x: jnp.maximum(x, jnp.finfo(value.dtype).tiny)  # noqa: E731
+    row_est, col_est = row_sum / safe(free_cols), col_sum / safe(free_rows)  # r~ and c~
+    q = block_sum / safe(free_rows * free_cols)
+    fill = jnp.where(q > 0, 1 / safe(q), 0)
+    row = (row_sum + jnp.where(flag_rows, row_est * on_flags(col_est, flag_cols) * fill, 0)) / n_cols
+    col = (col_sum + jnp.where(flag_cols, col_est * on_flags(row_est, flag_rows) * fill, 0)) / n_rows
+    return jnp.where(flag_rows, -row, row), jnp.where(flag_cols, -col, col)
+
+
+def accumulate_factors(stored: Factored, x: jax.Array, decay, weight) -> Factored:
+    """The factors of ``decay * unfactor(stored) + weight * x`` (``x = |g|^2``) without forming that matrix.
+
+    ``unfactor`` preserves the means (the row means of ``r c^T / mean(r)`` are
+    ``r``), so the new row means are ``decay * r + weight * mean_j(|g|^2)`` --
+    Adafactor's update -- and only ``x`` is reduced. An
+    infinite ``|g|^2`` (a finite gradient whose square overflowed) flags its row
+    and column (see :func:`_factor_overflowed`) and adds the current estimate,
+    not ``inf``, to their means, so they keep following the rest of the matrix.
+    """
+    flag_rows, flag_cols = jnp.signbit(stored.row), jnp.signbit(stored.col)
+    row, col = jnp.abs(stored.row), jnp.abs(stored.col)
+    x_row, x_col = x.mean(axis=-1), x.mean(axis=-2)
+    overflow_rows, overflow_cols = jnp.isinf(x_row), jnp.isinf(x_col)
+
+    def finite_means(x, row, col):  # only when some |g|^2 is inf: one more pass, over x
+        estimate = unfactor(Factored(row, col, placeholder()))
+        filled = jnp.where(jnp.isinf(x), estimate, x)
+        return filled.mean(axis=-1), filled.mean(axis=-2)
+
+    x_row, x_col = lax.cond(overflow_rows.any(), finite_means, lambda x, r, c: (x_row, x_col), x, row, col)
+    row, col = decay * row + weight * x_row, decay * col + weight * x_col
+    flag_rows, flag_cols = flag_rows | overflow_rows, flag_cols | overflow_cols
+    return Factored(jnp.where(flag_rows, -row, row), jnp.where(flag_cols, -col, col), placeholder())
 
 
 def is_factored(stored: Factored) -> bool:
@@ -57,11 +119,14 @@ def is_factored(stored: Factored) -> bool:
 
 
 def unfactor(stored: Factored) -> jax.Array:
-    """The rank-1 estimate ``r c^T / mean(r)`` (0 where the moment is all zero)."""
+    """The rank-1 estimate ``|r| |c|^T / mean|r|`` (0 where the moment is all zero; ``inf`` on flagged pairs)."""
     row, col, _ = stored
+    flag_rows, flag_cols = jnp.signbit(row), jnp.signbit(col)
+    row, col = jnp.abs(row), jnp.abs(col)
     mean = row.mean(axis=-1, keepdims=True)
     col = col / jnp.maximum(mean, jnp.finfo(mean.dtype).tiny)
-    return row[..., :, None] * col[..., None, :]
+    estimate = row[..., :, None] * col[..., None, :]
+    return jnp.where(flag_rows[..., :, None] & flag_cols[..., None, :], jnp.inf, estimate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +171,14 @@ class FactoredStorage(Storage):
 
     def decode(self, stored: Factored, *, dtype) -> jax.Array:
         return (unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)
+
+    def accumulate(self, stored: Factored, x: jax.Array, *, decay, weight, default_dtype, key=None):
+        """``new = decay * decode(stored) + weight * x`` -> ``(decode(encode(new)), encode(new))``.
+
+        For a factored leaf the factors come from :func:`accumulate_factors` (only
+        ``x`` is reduced, ``new`` is never formed); other leaves keep ``new``.
+        """
+        if not is_factored(stored):
+            return super().accumulate(stored, x, decay=decay, weight=weight, default_dtype=default_dtype, key=key)
+        kept = accumulate_factors(stored, x, decay, weight)
+        return unfactor(kept).astype(x.dtype), kept

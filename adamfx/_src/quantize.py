@@ -14,6 +14,19 @@ block maximum (value = scale * code value / code maximum):
 - second moment (unsigned): no sign bit; the spare bit widens the exponent
   (E5M3), because ``v ~ g^2`` spans the square of the first moment's range:
   ``v / absmax`` spans 1 down to 2^-33 (``sqrt(v)`` the same 2^-16.5 as ``mu``).
+  Its top code is ``+inf`` (the largest finite code is 1.75): a finite gradient
+  whose square overflows gets ``v = inf`` and a zero step, as with float32
+  state, and is left out of the block scales, so the rest of its block keeps
+  its precision.
+
+Steps stay bounded: in the normal range rounding moves a value by at most one
+code step (relative ``2^-M``); below it the steps are absolute, and there the
+first moment rounds toward zero and the second away from it (a positive ``v``
+never becomes 0). So the decoded ``|m|`` is at most ``(9/8) |m|`` and the decoded
+``v`` at least ``(8/9) v``: ``m / sqrt(v)`` never exceeds the exact moments' by
+more than ~19%, however far an element sits below its block's maximum (rounding
+up to the smallest code, or ``v`` flushing to 0 under a nonzero ``m``, made steps
+of ``m / eps``, 100x the float32 ones).
 
 The scale: ``encode`` uses each block's absolute maximum, as the paper does.
 Inside an optimizer step (``accumulate``, the moving average) it uses a running
@@ -51,33 +64,40 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from adamfx._src.rounding import ROUNDINGS, check_rounding_and_seed, uniform, value_bits  # noqa: F401 (ROUNDINGS: re-export)
+from adamfx._src.rounding import as_word, check_rounding_and_seed, value_bits
 from adamfx._src.storage import Storage
 from adamfx._src.tree_math import placeholder
 
 
 class CodeFormat(NamedTuple):
-    """A float-like code for magnitudes in ``[0, max_value]``: exponent and mantissa bits."""
+    """A float-like code for magnitudes in ``[0, max_value]``: exponent and mantissa bits.
+
+    ``infinity``: the top code stands for ``+inf`` (the unsigned code of the second
+    moment, whose ``|g|^2`` can overflow float32 for a finite gradient); the largest
+    finite code is then the one below it.
+    """
 
     exponent_bits: int
     mantissa_bits: int
+    infinity: bool = False
 
     @property
     def bias(self) -> int:  # the top exponent field holds the binade [1, 2)
         return 2**self.exponent_bits - 1
 
     @property
-    def max_code(self) -> int:
-        return 2 ** (self.exponent_bits + self.mantissa_bits) - 1
+    def max_code(self) -> int:  # the largest finite code
+        return 2 ** (self.exponent_bits + self.mantissa_bits) - 1 - self.infinity
 
     @property
     def max_value(self) -> float:
-        return 2.0 - 2.0**-self.mantissa_bits
+        return 2.0 - (1 + self.infinity) * 2.0**-self.mantissa_bits
 
 
 SIGNED = CodeFormat(4, 3)  # plus a sign bit
-UNSIGNED = CodeFormat(5, 3)
+UNSIGNED = CodeFormat(5, 3, infinity=True)
 SIGN_BIT = 0x80
+INFINITY_CODE = 0xFF  # of the unsigned code
 
 
 def _power_of_two(exponent: jax.Array) -> jax.Array:
@@ -90,7 +110,8 @@ def code_position(y: jax.Array, fmt: CodeFormat) -> jax.Array:
 
     With ``e = max(floor(log2 y), 1 - bias)`` and ``M`` mantissa bits,
     ``p(y) = 2^M (e + bias - 1) + y 2^(M - e)``; it equals ``k`` at
-    ``y = code_value(k)``.
+    ``y = code_value(k)``. (:func:`quantize` rounds it by integer arithmetic on
+    ``y``'s bits, see :func:`_round`; this float form documents and tests it.)
     """
     m = fmt.mantissa_bits
     exponent = (lax.bitcast_convert_type(y, jnp.uint32) >> 23).astype(jnp.int32) - 127
@@ -101,13 +122,15 @@ def code_position(y: jax.Array, fmt: CodeFormat) -> jax.Array:
 def code_value(code: jax.Array, fmt: CodeFormat) -> jax.Array:
     """The float32 value of integer codes ``0 <= k <= fmt.max_code`` (inverse of :func:`code_position`).
 
-    ``k = 2^M e + f``: ``(2^M + f) 2^(e - bias - M)`` for ``e >= 1``, ``f 2^(1 - bias - M)`` for ``e = 0``.
+    ``k = 2^M e + f``: ``(2^M + f) 2^(e - bias - M)`` for ``e >= 1`` -- the float32
+    whose bits are ``k`` shifted into the exponent and mantissa fields, exponent
+    rebiased -- and ``f 2^(1 - bias - M)`` for ``e = 0``.
     """
     m = fmt.mantissa_bits
     code = code.astype(jnp.int32)
-    exponent, fraction = code >> m, code & (2**m - 1)
-    significand = jnp.where(exponent > 0, fraction + 2**m, fraction).astype(jnp.float32)
-    return significand * _power_of_two(jnp.maximum(exponent, 1) - fmt.bias - m)
+    normal = lax.bitcast_convert_type((code << (23 - m)) + ((127 - fmt.bias) << 23), jnp.float32)
+    subnormal = code.astype(jnp.float32) * jnp.float32(2.0 ** (1 - fmt.bias - m))
+    return jnp.where(code < 2**m, subnormal, normal)
 
 
 class Quantized(NamedTuple):
@@ -159,19 +182,93 @@ def _abs_max(blocks: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.max(blocks, axis=-1), -jnp.min(blocks, axis=-1))
 
 
+def _square_is_finite(x: jax.Array) -> jax.Array:
+    """Whether ``x^2`` is finite (false for inf, NaN and ``|x| >= ~2^64``, whose square overflows float32)."""
+    return x * x < jnp.inf
+
+
 def block_max(x: jax.Array, block_size: int) -> jax.Array:
     """The maximum of ``|x|`` over each block of real ``x`` (shape :func:`n_blocks`)."""
     return _abs_max(_blocks(x, block_size))
 
 
+def bounded_block_max(x: jax.Array, block_size: int, signed: bool) -> jax.Array:
+    """:func:`block_max` over the elements that count (the others count as 0).
+
+    A first moment (``signed``, ``x = g``): the elements whose square is finite.
+    An element whose ``g^2`` overflows gets ``v = inf`` and, as with float32
+    state, a zero step whatever its other moments hold; leaving it out of the
+    block scales keeps the rest of its block at full precision. A second moment
+    (``x = |g|^2``): the finite elements (``inf`` has a code of its own). The
+    masked reduction (an extra pass over ``x`` on CPU) runs only when some block needs it.
+    """
+    counts = _square_is_finite if signed else (lambda v: v < jnp.inf)
+    plain = block_max(x, block_size)
+    masked = lambda: block_max(jnp.where(counts(x), x, 0), block_size)  # noqa: E731
+    return lax.cond(counts(plain).all(), lambda: plain, masked)
+
+
+def random_words(key, shape: tuple[int, ...], salt: jax.Array | None = None) -> jax.Array:
+    """32 random bits per element for stochastic rounding: ``(i + k) * 0x9E3779B9 mod 2^32``.
+
+    ``i`` is the row-major element index and ``k`` the step's random word
+    (:func:`adamfx._src.rounding.as_word` of ``key``: one word serves every leaf
+    of a moment, see :func:`adamfx._src.storage.step_key`). For
+    each element, ``(i + k) mod 2^32`` is uniform when ``k`` is, and multiplying by
+    an odd constant permutes the 32-bit words, so every element's word is
+    exactly uniform and independent from step to step (each step draws a new
+    ``k``); within one step neighbouring elements get an evenly spread (Weyl)
+    sequence, which biases no element's rounding. One multiply-add per element,
+    where a hash of the index (:func:`adamfx._src.rounding.random_bits`) costs
+    about as much as the rest of the int8 encode on CPU.
+
+    ``salt`` (the bits of the values being rounded, per element) is xored in and
+    the word permuted again, so two leaves of one shape do not round alike.
+    """
+    index = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    words = (index + as_word(key)) * jnp.uint32(0x9E3779B9)
+    return words if salt is None else (words ^ salt) * jnp.uint32(0x85EBCA6B)
+
+
+def _round(y: jax.Array, positive: jax.Array, dither: jax.Array, fmt: CodeFormat, signed: bool) -> jax.Array:
+    """Codes (int32, ``<= fmt.max_code``) of magnitudes ``y`` for integer ``dither`` in ``[0, 2^(23 - M))``.
+
+    In the normal range ``floor(p(y) + dither / 2^(23 - M))`` is exact integer
+    arithmetic on ``y``'s bits: the top ``M`` mantissa bits are the code's
+    fraction, the 20 below them the position's fractional part, and a carry
+    moves into the exponent as it should. Below the smallest normal code the
+    steps are absolute (``2^-M`` of the binade), so rounding there can change a
+    value by 100% or more: a first moment (signed) rounds toward zero and a
+    second moment (unsigned) away from it (a ``positive`` value never becomes
+    0), so the decoded ``|m|`` never exceeds ``(1 + 2^-M) |m|`` and the decoded
+    ``v`` never falls under ``v / (1 + 2^-M)``: ``|m| / sqrt(v)`` -- the step --
+    stays within ~19% of the exact one, and ``v`` cannot flush to 0 under a
+    nonzero ``m`` (which made steps of ``m / eps``).
+    """
+    m = fmt.mantissa_bits
+    bits = lax.bitcast_convert_type(y, jnp.int32)
+    normal = jnp.minimum(((bits + dither) >> (23 - m)) - ((127 - fmt.bias) << m), fmt.max_code)
+    position = y * jnp.float32(2.0 ** (fmt.bias - 1 + m))  # below 2^M: the subnormal codes
+    if signed:
+        low = position.astype(jnp.int32)  # toward zero
+    else:
+        low = jnp.maximum(jnp.ceil(position).astype(jnp.int32), positive.astype(jnp.int32))
+    return jnp.where(y < jnp.float32(2.0 ** (1 - fmt.bias)), low, normal)
+
+
 def quantize(
     x: jax.Array, block_size: int, signed: bool, u: jax.Array | None = None, scale: jax.Array | None = None
 ) -> Quantized:
-    """Block-wise 8-bit codes of the real array ``x``; ``u`` (``U[0,1)``, block-shaped) rounds stochastically.
+    """Block-wise 8-bit codes of the real array ``x``; ``u`` (block-shaped) rounds stochastically.
 
-    Without ``u`` each element goes to the nearest code value. Unsigned codes
-    store ``max(x, 0)``. ``scale`` (per block, ``>= max |x|``; default: the
-    blocks' absolute maxima) is the value of the largest code.
+    ``u``: ``U[0, 1)`` floats, or uniform ``uint32`` words (their top bits are used).
+
+    Without ``u`` each element goes to the nearest code value (in the normal
+    range; see :func:`_round` below it). Unsigned codes store ``max(x, 0)`` and
+    keep ``+inf`` (a dedicated code); signed codes saturate values beyond the
+    scale. ``scale`` (per block, ``>= max |x|`` over the finite ``x``; default:
+    the blocks' absolute maxima over their finite elements) is the value of the
+    largest finite code.
 
     >>> import jax.numpy as jnp
     >>> q = quantize(jnp.array([1.0, -0.5, 0.01, 0.0]), block_size=4, signed=True)
@@ -179,28 +276,52 @@ def quantize(
     (dtype('uint8'), Array([ 1.        , -0.5       ,  0.01041667,  0.        ], dtype=float32))
     """
     fmt = SIGNED if signed else UNSIGNED
-    blocks = _blocks(x, block_size)
-    magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
+    shape, blocks = x.shape, _blocks(x, block_size)
     if scale is None:
-        scale = _abs_max(blocks) if signed else jnp.maximum(jnp.max(blocks, axis=-1), 0)
-    divisor = jnp.where(scale > 0, scale, 1)[..., None] / fmt.max_value
-    y = (magnitude / divisor).astype(jnp.float32)
-    position = code_position(y, fmt) + (0.5 if u is None else u)
-    code = jnp.clip(jnp.floor(position), 0, fmt.max_code).astype(jnp.uint8)
+        magnitude = jnp.abs(blocks) if signed else jnp.maximum(blocks, 0)
+        scale = jnp.max(jnp.where(magnitude < jnp.inf, magnitude, 0), axis=-1)
+    x, spread = _elementwise_view(x, block_size)
+    magnitude = jnp.abs(x) if signed else jnp.maximum(x, 0)
+    inverse = spread((fmt.max_value / jnp.where(scale > 0, scale, 1)).astype(jnp.float32))
+    y = magnitude.astype(jnp.float32) * inverse
+    shift = 23 - fmt.mantissa_bits
+    if u is None:
+        dither = jnp.int32(1 << (shift - 1))
+    elif u.dtype == jnp.uint32:  # random bits: the top ones
+        dither = (u.reshape(x.shape) >> (32 - shift)).astype(jnp.int32)
+    else:
+        dither = (u.reshape(x.shape) * 2.0**shift).astype(jnp.int32)
+    code = _round(y, magnitude > 0, dither, fmt, signed).astype(jnp.uint8)
     if signed:
-        code = code | jnp.where(blocks < 0, SIGN_BIT, 0).astype(jnp.uint8)
-    return Quantized(_unblock(code, x.shape), scale)
+        code = code | jnp.where(x < 0, SIGN_BIT, 0).astype(jnp.uint8)
+    else:  # +inf keeps its code
+        code = jnp.where(y == jnp.inf, jnp.uint8(INFINITY_CODE), code)
+    return Quantized(code if _row_blocks(shape, block_size) else _unblock(code, shape), scale)
 
 
 def dequantize(q: Quantized, block_size: int, signed: bool) -> jax.Array:
     """The values that :func:`quantize` encoded, in the scale's dtype."""
     fmt = SIGNED if signed else UNSIGNED
-    codes = _blocks(q.codes, block_size)
+    codes, spread = _elementwise_view(q.codes, block_size)
     magnitude = codes & (SIGN_BIT - 1) if signed else codes
-    value = code_value(magnitude, fmt) * (q.scale[..., None] / fmt.max_value)
+    value = code_value(magnitude, fmt) * spread(q.scale / fmt.max_value)
     if signed:
         value = jnp.where(codes >= SIGN_BIT, -value, value)
-    return _unblock(value, q.codes.shape)
+    else:
+        value = jnp.where(codes == INFINITY_CODE, jnp.inf, value)
+    return value if _row_blocks(q.codes.shape, block_size) else _unblock(value, q.codes.shape)
+
+
+def _elementwise_view(x: jax.Array, block_size: int):
+    """``x`` as the encoder works on it, and ``spread(per_block)``: per-block values broadcast to it.
+
+    When the blocks tile the last axis that is ``x`` itself (the scales broadcast
+    along it), so the encoder's loops run over the leaf's own shape -- the same
+    as the update's, which lets XLA fuse them -- else the padded blocks.
+    """
+    if _row_blocks(x.shape, block_size):
+        return x, lambda s: jnp.broadcast_to(s[..., None], (*s.shape, block_size)).reshape(x.shape)
+    return _blocks(x, block_size), lambda s: s[..., None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +379,7 @@ class Int8Storage(Storage):
         u = None
         if key is not None and self.needs_key:  # salted with the values: one key serves every leaf
             blocks = _blocks(value, self.block_size)
-            u = uniform(key, blocks.shape, salt=value_bits(blocks))
+            u = random_words(key, blocks.shape, salt=value_bits(blocks))
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
     def accumulate(self, stored: Quantized, x: jax.Array, *, decay, weight, default_dtype, key=None):
@@ -276,7 +397,8 @@ class Int8Storage(Storage):
         new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
             return new, self.encode(new, default_dtype=default_dtype, key=key)
-        bound = decay * stored.scale + weight * block_max(x, self.block_size)
+        signed = self.signed is not False
+        bound = decay * stored.scale + weight * bounded_block_max(x, self.block_size, signed)
         return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
     def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:
