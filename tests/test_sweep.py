@@ -94,8 +94,17 @@ def trajectory(tx, state, params, grad, vmapped: bool = False):
     return np.moveaxis(np.asarray(flat), 1, 0) if vmapped else np.asarray(flat)
 
 
-def check_members(build, values, params=PARAMS, batched_params=None, group=None, batched_state=False):
-    """Member k of the sweep of ``build(**shared)`` equals the run of ``build(**member k)``."""
+def check_members(
+    build, values, params=PARAMS, batched_params=None, group=None, batched_state=False, rounding_flips=False
+):
+    """Member k of the sweep of ``build(**shared)`` equals the run of ``build(**member k)``.
+
+    ``rounding_flips``: the state rounds (bfloat16 moments): XLA fuses the vmapped
+    moment update differently from the unbatched one (FMA contraction: one float32
+    ulp), and a rounding decision whose threshold falls inside that ulp flips, about
+    once in 2^16 element-steps. Then at most 0.1% of the entries may differ, each by
+    at most one rounding's effect (relative 1e-3); all others stay within ``TOLERANCE``.
+    """
     grad = problem()
     tx = build()
     if batched_params is None:
@@ -109,7 +118,11 @@ def check_members(build, values, params=PARAMS, batched_params=None, group=None,
     for k in range(K):
         reference_tx = build(**member(values, k))
         expected = trajectory(reference_tx, reference_tx.init(member_params[k]), member_params[k], grad)
-        assert peers.max_rel_diff(swept[k], expected) <= TOLERANCE, (k, peers.max_rel_diff(swept[k], expected))
+        if rounding_flips:
+            off = np.abs(swept[k] - expected) / np.maximum(np.abs(expected), 1) > TOLERANCE  # as max_rel_diff
+            assert off.mean() <= 1e-3 and peers.max_rel_diff(swept[k], expected) <= 1e-3, (k, off.mean())
+        else:
+            assert peers.max_rel_diff(swept[k], expected) <= TOLERANCE, (k, peers.max_rel_diff(swept[k], expected))
         assert peers.max_rel_diff(swept[k], swept[(k + 1) % K]) > 1e-4  # the members really differ
 
 
@@ -181,7 +194,7 @@ def test_every_storage(storage):
     def build(**chosen):
         return adamfx.adam(**{"learning_rate": LRS[0], **STORAGES[storage], **chosen})
 
-    check_members(build, {"learning_rate": LRS, "b2": (0.99, 0.999, 0.9999)})
+    check_members(build, {"learning_rate": LRS, "b2": (0.99, 0.999, 0.9999)}, rounding_flips=storage == "bf16")
 
 
 def test_fused():

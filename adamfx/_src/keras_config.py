@@ -68,6 +68,8 @@ def _encode(value: Any, where: str) -> Any:
         return {"class": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
     if isinstance(value, (np.dtype, type)) and _is_dtype(value):
         return {"dtype": jnp.dtype(value).name}
+    if type(value) is frozenset:  # e.g. Stage.live: the names of injected hyperparameters
+        return {"frozenset": [_encode(item, f"{where}{{}}") for item in sorted(value, key=repr)]}
     if type(value) in (tuple, list):
         items = [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
         return {"tuple": items} if isinstance(value, tuple) else {"list": items}
@@ -85,6 +87,8 @@ def _decode(config: Any) -> Any:
         return tuple(_decode(item) for item in config["tuple"])
     if "list" in config:
         return [_decode(item) for item in config["list"]]
+    if "frozenset" in config:
+        return frozenset(_decode(item) for item in config["frozenset"])
     if "stage" in config:
         stage = _decode(config["stage"])
         if not isinstance(stage, Stage):

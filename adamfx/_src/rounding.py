@@ -102,14 +102,18 @@ def as_word(key) -> jax.Array:
 
 
 def value_bits(x: jax.Array) -> jax.Array:
-    """The bits of real ``x`` as one ``uint32`` per element (float64: both halves xored)."""
-    width = jnp.dtype(x.dtype).itemsize
-    if width == 4:
-        return lax.bitcast_convert_type(x, jnp.uint32)
-    if width == 2:
-        return lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    halves = lax.bitcast_convert_type(x, jnp.uint32)  # shape (..., 2)
-    return halves[..., 0] ^ halves[..., 1]
+    """A coarse fingerprint of real ``x``, one ``uint32`` per element: the top 16 bits of its float32
+    (sign, exponent and 7 mantissa bits, i.e. ``x`` rounded down to bfloat16).
+
+    Coarse on purpose: a salt made of every bit would give a fresh random draw to
+    a value that moved by one float32 ulp -- which the same maths fused
+    differently (``vmap``, ``fused``, sharding, FMA contraction) does -- so two
+    programs computing the same step would round differently and drift apart.
+    With the top bits, arrays of one shape that hold different values still draw
+    independently.
+    """
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return bits & jnp.uint32(0xFFFF0000)
 
 
 def _index_bits(word: jax.Array, shape: tuple[int, ...]) -> jax.Array:
