@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adamfx._src.storage import Storage
-from adamfx._src.tree_math import placeholder
+from adamfx._src.tree_math import abs_sq, placeholder
 
 
 class Factored(NamedTuple):
@@ -88,27 +88,41 @@ def _factor_overflowed(value: jax.Array, row: jax.Array, col: jax.Array) -> tupl
     return jnp.where(flag_rows, -row, row), jnp.where(flag_cols, -col, col)
 
 
-def accumulate_factors(stored: Factored, x: jax.Array, decay, weight) -> Factored:
-    """The factors of ``decay * unfactor(stored) + weight * x`` (``x = |g|^2``) without forming that matrix.
+def square_means(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Row and column means of ``|g|^2`` over the last two axes, each reduction reading ``g`` itself.
+
+    Written plainly, XLA:CPU computes ``|g|^2`` once, writes it out and reads it
+    back for each mean (measured 4x slower for a 4096 x 4096 leaf); the barrier
+    between the two reductions keeps them apart, so each one squares ``g`` as it
+    reads it.
+    """
+    rows = abs_sq(g).mean(axis=-1)
+    g = lax.optimization_barrier(g)
+    return rows, abs_sq(g).mean(axis=-2)
+
+
+def accumulate_factors(stored: Factored, g: jax.Array, decay, weight) -> Factored:
+    """The factors of ``decay * unfactor(stored) + weight * |g|^2`` without forming that matrix.
 
     ``unfactor`` preserves the means (the row means of ``r c^T / mean(r)`` are
     ``r``), so the new row means are ``decay * r + weight * mean_j(|g|^2)`` --
-    Adafactor's update -- and only ``x`` is reduced. An
+    Adafactor's update -- and only ``g`` is reduced (:func:`square_means`). An
     infinite ``|g|^2`` (a finite gradient whose square overflowed) flags its row
     and column (see :func:`_factor_overflowed`) and adds the current estimate,
     not ``inf``, to their means, so they keep following the rest of the matrix.
     """
     flag_rows, flag_cols = jnp.signbit(stored.row), jnp.signbit(stored.col)
     row, col = jnp.abs(stored.row), jnp.abs(stored.col)
-    x_row, x_col = x.mean(axis=-1), x.mean(axis=-2)
+    x_row, x_col = square_means(g)
     overflow_rows, overflow_cols = jnp.isinf(x_row), jnp.isinf(x_col)
 
-    def finite_means(x, row, col):  # only when some |g|^2 is inf: one more pass, over x
+    def finite_means(g, row, col):  # only when some |g|^2 is inf: one more pass, over g
         estimate = unfactor(Factored(row, col, placeholder()))
+        x = abs_sq(g)
         filled = jnp.where(jnp.isinf(x), estimate, x)
         return filled.mean(axis=-1), filled.mean(axis=-2)
 
-    x_row, x_col = lax.cond(overflow_rows.any(), finite_means, lambda x, r, c: (x_row, x_col), x, row, col)
+    x_row, x_col = lax.cond(overflow_rows.any(), finite_means, lambda g, r, c: (x_row, x_col), g, row, col)
     row, col = decay * row + weight * x_row, decay * col + weight * x_col
     flag_rows, flag_cols = flag_rows | overflow_rows, flag_cols | overflow_cols
     return Factored(jnp.where(flag_rows, -row, row), jnp.where(flag_cols, -col, col), placeholder())
@@ -172,13 +186,15 @@ class FactoredStorage(Storage):
     def decode(self, stored: Factored, *, dtype) -> jax.Array:
         return (unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)
 
-    def accumulate(self, stored: Factored, x: jax.Array, *, decay, weight, default_dtype, key=None):
-        """``new = decay * decode(stored) + weight * x`` -> ``(decode(encode(new)), encode(new))``.
+    def accumulate(self, stored: Factored, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
+        """``new = decay * decode(stored) + weight * |g|^power`` -> ``(decode(encode(new)), encode(new))``.
 
-        For a factored leaf the factors come from :func:`accumulate_factors` (only
-        ``x`` is reduced, ``new`` is never formed); other leaves keep ``new``.
+        For a factored leaf (``power=2``) the factors come from :func:`accumulate_factors`
+        (only ``g`` is reduced, ``new`` is never formed); other leaves keep ``new``.
         """
-        if not is_factored(stored):
-            return super().accumulate(stored, x, decay=decay, weight=weight, default_dtype=default_dtype, key=key)
-        kept = accumulate_factors(stored, x, decay, weight)
-        return unfactor(kept).astype(x.dtype), kept
+        if not is_factored(stored) or power != 2:
+            return super().accumulate(
+                stored, g, power=power, decay=decay, weight=weight, default_dtype=default_dtype, key=key
+            )
+        kept = accumulate_factors(stored, g, decay, weight)
+        return unfactor(kept).astype(g.real.dtype), kept

@@ -73,9 +73,9 @@ class AccumulateSquares(_StoredMoment, Stage):
         count = optax.safe_increment(state.count)
 
         def leaf(record, key, g):  # v_t = v_{t-1} + |g_t|^2
-            x = abs_sq(g.astype(compute_dtype(g.dtype)))
-            one = scalar_like(1.0, x)
-            return self.storage.accumulate(record, x, decay=one, weight=one, default_dtype=real_dtype(g.dtype), key=key)
+            wide = g.astype(compute_dtype(g.dtype))
+            one, default = scalar_like(1.0, wide.real), real_dtype(g.dtype)
+            return self.storage.accumulate(record, wide, power=2, decay=one, weight=one, default_dtype=default, key=key)
 
         nu, kept = map_stored(self.storage, leaf, state.nu, grads, count=count, stream=stream_of(self, "nu"))
         one = jnp.asarray(1.0, dtype=float)
@@ -207,7 +207,7 @@ class UpdateRms(_StoredMoment, Stage):
             delta = jnp.sqrt(w + scalar_like(eps_root, x)) * x
             c = scalar_like(one_minus_rho, x)
             default, keep = real_dtype(u.dtype), self.storage.accumulate
-            _, kept = keep(record, abs_sq(delta), decay=1 - c, weight=c, default_dtype=default, key=key)
+            _, kept = keep(record, delta, power=2, decay=1 - c, weight=c, default_dtype=default, key=key)
             return delta.astype(u.dtype), kept
 
         stream = stream_of(self, "delta_sq")

@@ -34,7 +34,6 @@ from adamfx._src.storage import (
     stream_of,
 )
 from adamfx._src.tree_math import (
-    abs_sq,
     compute_dtype,
     moment_dtype,
     real_dtype,
@@ -132,21 +131,22 @@ class ScaleByMoments(Stage):
         g = jax.tree.map(lambda g: g.astype(compute_dtype(g.dtype)), grads)
         key = self._shared_key(count)
 
-        def ema(storage, stored, x, one_minus_b, field):
-            """``b old + (1 - b) x`` leaf by leaf, kept in ``storage`` (the state's ``field``)."""
+        def ema(storage, stored, power, one_minus_b, field):
+            """``b old + (1 - b) |g|^power`` leaf by leaf, kept in ``storage`` (the state's ``field``)."""
 
-            def leaf(record, key, x, like):
-                c, default = scalar_like(one_minus_b, x), default_dtype_of(x, like)
-                return storage.accumulate(record, x, decay=1 - c, weight=c, default_dtype=default, key=key)
+            def leaf(record, key, g, like):
+                c = scalar_like(one_minus_b, g.real)
+                default = default_dtype_of(g if power == 1 else g.real, like)
+                return storage.accumulate(record, g, power=power, decay=1 - c, weight=c, default_dtype=default, key=key)
 
-            return map_stored(storage, leaf, stored, x, grads, count=count, stream=stream_of(self, field), key=key)
+            return map_stored(storage, leaf, stored, g, grads, count=count, stream=stream_of(self, field), key=key)
 
         mu, new_mu = None, None
         if c1 is not None:  # m_t = b1 m_{t-1} + (1 - b1) g_t
-            mu, new_mu = ema(self.mu_storage, state.mu, g, c1, "mu")
+            mu, new_mu = ema(self.mu_storage, state.mu, 1, c1, "mu")
         nu, new_nu = None, None
         if c2 is not None:  # v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
-            nu, new_nu = ema(self.nu_storage, state.nu, jax.tree.map(abs_sq, g), c2, "nu")
+            nu, new_nu = ema(self.nu_storage, state.nu, 2, c2, "nu")
         one = jnp.asarray(1.0, dtype=float)
         moments = Moments(grads, mu, nu, count, one if c1 is None else c1, one if c2 is None else c2, one)
         return moments, MomentsState(count, new_mu, new_nu, state.hyperparams)

@@ -66,7 +66,7 @@ from jax import lax
 
 from adamfx._src.rounding import as_word, check_rounding_and_seed, value_bits
 from adamfx._src.storage import Storage
-from adamfx._src.tree_math import placeholder
+from adamfx._src.tree_math import abs_sq, placeholder
 
 
 class CodeFormat(NamedTuple):
@@ -192,20 +192,17 @@ def block_max(x: jax.Array, block_size: int) -> jax.Array:
     return _abs_max(_blocks(x, block_size))
 
 
-def bounded_block_max(x: jax.Array, block_size: int, signed: bool) -> jax.Array:
-    """:func:`block_max` over the elements that count (the others count as 0).
+def bounded_block_max(x: jax.Array, block_size: int) -> jax.Array:
+    """:func:`block_max` over the elements whose square is finite (the others count as 0).
 
-    A first moment (``signed``, ``x = g``): the elements whose square is finite.
-    An element whose ``g^2`` overflows gets ``v = inf`` and, as with float32
-    state, a zero step whatever its other moments hold; leaving it out of the
-    block scales keeps the rest of its block at full precision. A second moment
-    (``x = |g|^2``): the finite elements (``inf`` has a code of its own). The
-    masked reduction (an extra pass over ``x`` on CPU) runs only when some block needs it.
+    An element whose ``x^2`` overflows gets ``v = inf`` and, as with float32 state,
+    a zero step whatever its other moments hold; leaving it out of the block
+    scales keeps the rest of its block at full precision. The masked reduction
+    (an extra pass over ``x`` on CPU) runs only when some block needs it.
     """
-    counts = _square_is_finite if signed else (lambda v: v < jnp.inf)
     plain = block_max(x, block_size)
-    masked = lambda: block_max(jnp.where(counts(x), x, 0), block_size)  # noqa: E731
-    return lax.cond(counts(plain).all(), lambda: plain, masked)
+    masked = lambda: block_max(jnp.where(_square_is_finite(x), x, 0), block_size)  # noqa: E731
+    return lax.cond(_square_is_finite(plain).all(), lambda: plain, masked)
 
 
 def random_words(key, shape: tuple[int, ...], salt: jax.Array | None = None) -> jax.Array:
@@ -382,23 +379,23 @@ class Int8Storage(Storage):
             u = random_words(key, blocks.shape, salt=value_bits(blocks))
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
-    def accumulate(self, stored: Quantized, x: jax.Array, *, decay, weight, default_dtype, key=None):
-        """``new = decay * decode(stored) + weight * x`` (``x``: ``g`` or ``|g|^2``) -> ``(new, encoded new)``.
+    def accumulate(self, stored: Quantized, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
+        """``new = decay * decode(stored) + weight * x``, ``x = g`` or ``|g|^2`` (``power``) -> ``(new, encoded new)``.
 
         Uses a running-bound scale: encoding ``new`` with its exact block maxima
         needs ``new`` in memory before the reduction (XLA materialises it: 4
         bytes per element of temporary, more than the state saves). The bound
-        ``decay * scale + weight * max|x| >= max|new|`` reduces only ``x`` (a
-        function of the gradient, which is in memory anyway); the float-like code keeps its
+        ``decay * scale + weight * max|g|^power >= max|new|`` reduces only the
+        gradient, which is in memory anyway; the float-like code keeps its
         relative precision for any scale, and the bound (an EMA of the block
-        maxima of ``|x|``) costs a few of the code's 17 (mu) or 33 (nu)
+        maxima of ``|g|^power``) costs a few of the code's 17 (mu) or 33 (nu)
         binades of range.
         """
+        x = g if power == 1 else abs_sq(g)
         new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
             return new, self.encode(new, default_dtype=default_dtype, key=key)
-        signed = self.signed is not False
-        bound = decay * stored.scale + weight * bounded_block_max(x, self.block_size, signed)
+        bound = decay * stored.scale + weight * bounded_block_max(g, self.block_size) ** power
         return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
     def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:

@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from adamfx._src.rounding import StepKey, check_rounding_and_seed, step_word, stochastic_round
-from adamfx._src.tree_math import compute_dtype, moment_dtype
+from adamfx._src.tree_math import abs_sq, compute_dtype, moment_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +110,16 @@ class Storage:
         return (value if self.exact_moment else self.decode(kept, dtype=value.dtype)), kept
 
     def accumulate(
-        self, stored: Any, x: jax.Array, *, decay, weight, default_dtype, key: Any = None
+        self, stored: Any, g: jax.Array, *, power: int = 1, decay, weight, default_dtype, key: Any = None
     ) -> tuple[jax.Array, Any]:
-        """``new = decay * old + weight * x`` -> ``(new moment to hand on, its record)``."""
+        """``new = decay * old + weight * x``, ``x = g`` (``power=1``) or ``|g|^2`` (``power=2``)
+        -> ``(new moment to hand on, its record)``.
+
+        ``g`` rather than ``x`` is handed in so that a storage may reduce ``g``
+        itself (block maxima, row and column means of ``|g|^2``) without
+        materialising ``|g|^2`` (see :class:`adamfx.Int8Storage`, :class:`adamfx.FactoredStorage`).
+        """
+        x = g if power == 1 else abs_sq(g)
         new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         return self.store(new, default_dtype=default_dtype, key=key)
 
