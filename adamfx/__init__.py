@@ -1,45 +1,38 @@
 """adamfx: Adam and its relatives as chainable, jittable optax transforms.
 
-Where things live: ``adamfx/_src/adam.py`` (Adam, AdamW, AMSGrad),
-``adamfx/_src/moments.py`` (scale_by_moments, bias_correction, normalize),
-``adamfx/_src/stages.py`` (lr_decay, weight decay), ``adamfx/_src/hyperparams.py``
-(hyperparameters in the state), ``adamfx/_src/sweep.py`` (vectorized
-hyperparameter sweeps), ``adamfx/_src/wrappers.py`` (accumulation,
-non-finite steps, parameter groups), ``adamfx/_src/ema.py`` (moving average of
-the params), ``adamfx/_src/sharding.py`` and ``adamfx/_src/checkpoint.py``;
-Adam's relatives in ``sgd.py``, ``adagrad.py``, ``rmsprop.py`` (RMSprop,
-Adadelta), ``nadam.py``, ``adamax.py``, ``radam.py``, their extra stages in
-``momentum.py``, ``moment_forms.py`` and ``corrections.py``; how moments are
-stored in ``storage.py`` (float dtypes with stochastic rounding), ``quantize.py``
-(8-bit blocks) and ``factored.py`` (Adafactor row/column statistics); the
-flat-buffer execution in ``fused.py`` (fused) and ``flat.py`` (flat_params).
+Where things live (``adamfx/_src/``, by role; each package's docstring says more):
+``optimizers/`` (``adam.py``: Adam, AdamW, AMSGrad; one module per family; ``conventions.py``),
+``stages/`` (``moments.py``: scale_by_moments, bias_correction, normalize; ``lr_and_decay.py``;
+corrections, momentum, other second moments, clipping), ``storage/`` (float with stochastic rounding,
+int8, factored), ``execution/`` (fused, flat_params, sharding), ``training/`` (wrappers, EMA,
+checkpoint checks, sweeps, Keras configs) and ``core/`` (the stage protocol, checks, hyperparameters).
 """
 
-from adamfx._src.adagrad import adagrad
-from adamfx._src.adam import CONVENTIONS, adam, adamw, amsgrad
-from adamfx._src.adamax import adamax, adamaxw
-from adamfx._src.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
-from adamfx._src.checkpoint import check_compatible, restore_state
-from adamfx._src.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
-from adamfx._src.corrections import nesterov_momentum, rectify
-from adamfx._src.ema import EmaState, ema_params, with_ema
-from adamfx._src.factored import FactoredStorage
-from adamfx._src.flat import flat_params
-from adamfx._src.fused import fused
-from adamfx._src.hyperparams import groups, hyperparams, set_hyperparams
-from adamfx._src.moment_forms import accumulate_squares, center, infinity_norm, update_rms
-from adamfx._src.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
-from adamfx._src.momentum import decoupled_weight_decay, trace
-from adamfx._src.nadam import nadam, nadamw
-from adamfx._src.quantize import Int8Storage
-from adamfx._src.radam import radam
-from adamfx._src.rmsprop import adadelta, rmsprop
-from adamfx._src.sgd import sgd
-from adamfx._src.sharding import bytes_per_device, init_sharded, state_shardings
-from adamfx._src.stages import add_decayed_weights, lr_decay
-from adamfx._src.storage import FloatStorage, Storage
-from adamfx._src.sweep import sweep, sweep_params
-from adamfx._src.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
+from adamfx._src.core.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
+from adamfx._src.core.hyperparams import groups, hyperparams, set_hyperparams
+from adamfx._src.execution.flat import flat_params
+from adamfx._src.execution.fused import fused
+from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state_shardings
+from adamfx._src.optimizers.adagrad import adagrad
+from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
+from adamfx._src.optimizers.adamax import adamax, adamaxw
+from adamfx._src.optimizers.nadam import nadam, nadamw
+from adamfx._src.optimizers.radam import radam
+from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
+from adamfx._src.optimizers.sgd import sgd
+from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
+from adamfx._src.stages.corrections import nesterov_momentum, rectify
+from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
+from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
+from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
+from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.storage.factored import FactoredStorage
+from adamfx._src.storage.int8 import Int8Storage
+from adamfx._src.storage.protocol import FloatStorage, Storage
+from adamfx._src.training.checkpoint import check_compatible, restore_state
+from adamfx._src.training.ema import EmaState, ema_params, with_ema
+from adamfx._src.training.sweep import sweep, sweep_params
+from adamfx._src.training.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
 __version__ = "0.1.0"
 

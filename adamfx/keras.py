@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from keras.src.utils import tracking  # noqa: E402
 
-from adamfx._src import keras_config  # noqa: E402
-from adamfx._src.hyperparams import _stage_states, hyperparams, set_hyperparams  # noqa: E402
+from adamfx._src.core.hyperparams import _stage_states, hyperparams, set_hyperparams  # noqa: E402
+from adamfx._src.training import keras_config  # noqa: E402
 
 __all__ = ["Optimizer"]
 

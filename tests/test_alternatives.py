@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import adamfx
-from adamfx._src.corrections import sma_lengths
+from adamfx._src.stages.corrections import sma_lengths
 from tests import peers
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adadelta", "nadam", "nadamw", "adamax", "radam")

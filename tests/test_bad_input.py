@@ -90,7 +90,7 @@ def _state(entry):
 
 def _settable(entry):
     state = _state(entry)
-    return state, sorted(adamfx._src.hyperparams.settable_hyperparams(state) & set(registry.RANGES))
+    return state, sorted(adamfx._src.core.hyperparams.settable_hyperparams(state) & set(registry.RANGES))
 
 
 SETTABLE = [(entry, name) for entry in registry.OPTIMIZERS for name in _settable(entry)[1]]
@@ -158,7 +158,7 @@ def test_radam_threshold_is_judged_the_same_at_construction_and_in_set_hyperpara
 def test_dataclasses_replace_cannot_bypass_the_checks():
     import dataclasses
 
-    stage = adamfx._src.base.stage_of(adamfx.normalize(1e-8))
+    stage = adamfx._src.core.base.stage_of(adamfx.normalize(1e-8))
     with pytest.raises(ValueError, match=r"eps=-1.0 is invalid"):
         dataclasses.replace(stage, eps=-1.0)
 

@@ -15,8 +15,8 @@ import optax
 import pytest
 
 import adamfx
-from adamfx._src.base import stage_of
-from adamfx._src.factored import Factored
+from adamfx._src.core.base import stage_of
+from adamfx._src.storage.factored import Factored
 
 
 def adafactor_second_moment(grads: list[np.ndarray], b2: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -15,8 +15,8 @@ from flax import nnx
 from flax.training import train_state
 
 import adamfx
-from adamfx._src.base import Stage, stage_of
-from adamfx._src.fused import PACK_BELOW, FusedState
+from adamfx._src.core.base import Stage, stage_of
+from adamfx._src.execution.fused import PACK_BELOW, FusedState
 
 # Every elementwise optimizer in adamfx, with the options that bring in its other stages.
 OPTIMIZERS = {

@@ -11,7 +11,7 @@ final weights (the model as one vector) to 1e-5. Adam and AdamW are the loosest 
 after 10 epochs, and AdamW's one-element output bias 1.06e-5) because Keras's float32 Adam is
 itself 6.8e-6 off exact Adam from its first step: it computes ``1 - beta_2**t`` from
 ``float32(0.999)`` (``1 - float32(0.999)`` is 1.3e-5 off 0.001), where adamfx keeps ``1 - b2``
-exact (see ``adamfx._src.hyperparams.complements``); ``test_keras_f32_adam_step_is_off_exact``
+exact (see ``adamfx._src.core.hyperparams.complements``); ``test_keras_f32_adam_step_is_off_exact``
 pins that. The bridge itself adds nothing: a transcription of Keras's Adam, op for op, as an
 optax transform reproduces ``keras.optimizers.Adam`` bit for bit through ``fit``.
 """

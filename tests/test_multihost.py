@@ -34,7 +34,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import adamfx
-from adamfx._src.checkpoint import flat_state
+from adamfx._src.training.checkpoint import flat_state
 
 TOTAL, CUT, LR = 10, 4, 1e-2
 WORKER_TIMEOUT_S = 240  # per phase; a normal phase takes ~10-20 s on a loaded 2-core machine

@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adamfx
-from adamfx._src.quantize import dequantize, n_blocks, quantize
-from adamfx._src.storage import resolve_storage
+from adamfx._src.storage.int8 import dequantize, n_blocks, quantize
+from adamfx._src.storage.protocol import resolve_storage
 from tests.test_rounding import assert_unbiased
 
 
@@ -131,7 +131,7 @@ def test_stochastic_rounding_error_is_below_one_step(x, block_size, signed, seed
     if not signed:
         x = np.abs(x)
     blocks = (*n_blocks(x.shape, block_size), block_size)
-    u = adamfx._src.rounding.uniform(jax.random.key(seed), blocks)
+    u = adamfx._src.storage.rounding.uniform(jax.random.key(seed), blocks)
     _, got = roundtrip(x, block_size, signed, u)
     assert np.all(np.abs(got - x) <= error_bound(x, block_size, signed, 1.0))
     assert np.all((got == 0) | (np.sign(got) == np.sign(x)))
@@ -168,7 +168,7 @@ def test_stochastic_rounding_is_unbiased(signed):
     hi = table[np.minimum(np.searchsorted(table, x64, side="left"), table.size - 1)]
 
     def one(key):
-        u = adamfx._src.rounding.uniform(key, (2, 256))  # x has 512 elements: two blocks of the last axis
+        u = adamfx._src.storage.rounding.uniform(key, (2, 256))  # x has 512 elements: two blocks of the last axis
         return dequantize(quantize(jnp.asarray(x), 256, signed, u), 256, signed)
 
     samples = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(1), 4000)), np.float64)

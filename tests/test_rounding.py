@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from adamfx._src.rounding import StepKey, stochastic_round, uniform
+from adamfx._src.storage.rounding import StepKey, stochastic_round, uniform
 
 DRAWS = 4000
 

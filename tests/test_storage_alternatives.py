@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import adamfx
-from adamfx._src.base import Chain, stage_of
-from adamfx._src.moment_forms import AccumulateSquares, InfinityNorm, UpdateRms
-from adamfx._src.momentum import Trace
-from adamfx._src.storage import parameter_shaped
+from adamfx._src.core.base import Chain, stage_of
+from adamfx._src.stages.moment_forms import AccumulateSquares, InfinityNorm, UpdateRms
+from adamfx._src.stages.momentum import Trace
+from adamfx._src.storage.protocol import parameter_shaped
 from tests.test_lowbit import PARAMS, assert_trees_equal, loss_fn, nnx_optimizer_matches_functional_loop, run, signature
 
 BF16 = jnp.bfloat16

@@ -1,0 +1,5 @@
+"""The foundation: the stage protocol and ``chain`` (base), validation and the hyperparameter range table (checks),
+hyperparameters held in the state (hyperparams), and the per-leaf dtype helpers (numerics).
+
+May import: jax, optax, numpy and the standard library only -- nothing else from ``adamfx._src``.
+"""

@@ -1,0 +1,290 @@
+"""Adam, AdamW and AMSGrad as chains of the stages, in three conventions."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from adamfx._src.core import checks
+from adamfx._src.core.base import chain
+from adamfx._src.optimizers import conventions
+from adamfx._src.stages.clipping import gradient_stages
+from adamfx._src.stages.corrections import nesterov_momentum
+from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
+from adamfx._src.stages.moments import bias_correction, max_nu, normalize, scale_by_moments
+
+
+class AdamConvention(NamedTuple):
+    """How one peer writes Adam; each field picks a composition, not a formula."""
+
+    eps: float  # default eps
+    eps_on: str  # root eps is added to: "corrected" sqrt(v^) or "raw" sqrt(v)
+    adam_weight_decay: str  # meaning of adam(weight_decay=...): "coupled" L2 or "decoupled"
+    amsgrad_on: str  # which v AMSGrad maxes: "raw" v or "corrected" v^
+    adamw_weight_decay: float  # default weight decay of adamw
+
+
+CONVENTIONS = {
+    "optax": AdamConvention(1e-8, "corrected", "coupled", "corrected", 1e-4),
+    "torch": AdamConvention(1e-8, "corrected", "coupled", "raw", 1e-2),
+    "keras": AdamConvention(1e-7, "raw", "decoupled", "raw", 4e-3),
+}
+
+
+def convention_of(name: str) -> AdamConvention:
+    checks.check_choice("convention", name, tuple(CONVENTIONS))
+    return CONVENTIONS[name]
+
+
+@checks.porting_aids
+def adam(
+    learning_rate: Any = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
+    r"""Adam (Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", Alg. 1).
+
+    For step t = 1, 2, ... with gradient g_t::
+
+        m_t  = b1 m_{t-1} + (1 - b1) g_t
+        v_t  = b2 v_{t-1} + (1 - b2) |g_t|^2
+        m^_t = m_t / (1 - b1^t),   v^_t = v_t / (1 - b2^t)
+        lr_t = learning_rate(t - 1) / (1 + decay (t - 1))
+        p_t  = p_{t-1} - lr_t m^_t / (sqrt(v^_t + eps_root) + eps)
+
+    The source is that chain: ``scale_by_moments -> bias_correction -> normalize
+    -> lr_decay``, with weight decay and AMSGrad's ``max_nu`` slotted in where the
+    convention puts them.
+
+    Conventions (same hyperparameters, the peer's trajectory):
+
+    ==========  ============================  ===============  ===================  =====
+    convention  eps added to                  weight_decay     AMSGrad max of       eps
+    ==========  ============================  ===============  ===================  =====
+    "optax"     sqrt(v^) (corrected)          coupled L2       corrected v^         1e-8
+    "torch"     sqrt(v^) (corrected)          coupled L2       raw v                1e-8
+    "keras"     sqrt(v) (raw: eps/sqrt(bc2))  decoupled        raw v                1e-7
+    ==========  ============================  ===============  ===================  =====
+
+    ``convention="torch"`` follows ``torch.optim.Adam``; ``"keras"`` follows
+    ``keras.optimizers.Adam`` (where ``weight_decay`` is decoupled, ``p -= lr wd p``);
+    ``"optax"`` follows ``optax.adam`` and ``optax.amsgrad`` (with ``weight_decay``
+    as ``optax.add_decayed_weights`` before ``optax.adam``).
+
+    Args:
+      learning_rate: a number or a schedule ``count -> lr`` (optax schedules work).
+      b1, b2: decay rates of the first and second moments, in [0, 1).
+      eps: added to the root of the second moment; ``None`` takes the convention's default.
+      eps_root: added inside the root (optax). Give it (e.g. 1e-16) to differentiate
+        *through* the update (meta-learning): ``sqrt`` has no derivative at ``v = 0``.
+      decay: legacy Keras inverse-time decay: ``lr / (1 + decay t)``, t from 0.
+      weight_decay: coupled L2 or decoupled decay, as the convention says; a number, a
+        schedule ``count -> weight_decay`` (optax's ``adamw``: read at the steps taken, from 0), or ``None``/0: none.
+      weight_decay_mask: pytree of bools (or callable of params) selecting decayed leaves.
+      decoupled: override the convention's meaning of ``weight_decay``.
+      amsgrad: keep the running maximum of the second moment (Reddi et al., 2018).
+      nesterov: optax's ``adam(nesterov=True)`` (= ``optax.nadam``): the look-ahead
+        ``m^_t = b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)`` in place of
+        ``m_t / (1 - b1^t)`` (:func:`adamfx.nesterov_momentum` with constant ``b1``). PyTorch's and
+        Keras's Adam have no such option; every convention gives this same look-ahead (their Nadam,
+        with its momentum schedule, is :func:`adamfx.nadam`).
+      bias_correction_mu, bias_correction_nu: ``False`` leaves that moment uncorrected (optax's
+        ``amsgrad`` options; the AMSGrad paper corrects neither). Under every convention.
+      maximize: ascend the objective (PyTorch's ``maximize``): the gradient is negated first,
+        before a coupled weight decay, so the decay still pulls the weights towards zero.
+      clipnorm: Keras's per-variable clipping, ``g <- g clipnorm / max(||g||, clipnorm)`` for each
+        leaf on its own (:func:`adamfx.clip_by_norm_per_leaf`; *not* a global norm).
+      clipvalue: Keras's ``clipvalue``, ``g <- clip(g, -clipvalue, clipvalue)`` (:func:`adamfx.clip_by_value`).
+      global_clipnorm: Keras's ``global_clipnorm``: one norm over all leaves (:func:`adamfx.clip_by_global_norm`).
+        At most one of the three clippings.
+      loss_scale_factor: Keras's: the gradient is divided by it first (:func:`adamfx.unscale_loss`).
+        These five act on the raw gradient, first in the chain and in Keras's order
+        (``negate -> unscale_loss -> clip``), under every convention; ``None`` turns each off.
+      convention: ``"optax"``, ``"torch"`` or ``"keras"``.
+      mu_dtype, nu_dtype: how the moments are stored between steps: ``None`` (like the
+        parameters, but float32 for float16 parameters, whose range cannot hold ``g^2``),
+        a float dtype such as ``jnp.bfloat16`` (rounded stochastically when narrower than the maths),
+        ``"int8"`` (8-bit block-wise), ``"factored"`` (``nu`` only: Adafactor's row/column means) or a storage object
+        (:class:`adamfx.FloatStorage`, :class:`adamfx.Int8Storage`, :class:`adamfx.FactoredStorage`).
+
+    Example:
+
+    >>> import adamfx, jax, jax.numpy as jnp, optax
+    >>> params = {"w": jnp.ones(3)}
+    >>> tx = adamfx.adam(learning_rate=1e-3, convention="torch")
+    >>> state = tx.init(params)
+    >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> optax.apply_updates(params, updates)["w"]
+    Array([0.999, 0.999, 0.999], dtype=float32)
+    """
+    conv = convention_of(convention)
+    conventions.require("adam", b1=b1, b2=b2)
+    eps = conv.eps if eps is None else eps
+    if decoupled is None:
+        decoupled = conv.adam_weight_decay == "decoupled"
+    if nesterov and not (bias_correction_mu and bias_correction_nu):
+        raise ValueError(
+            f"adam(nesterov=True, bias_correction_mu={bias_correction_mu!r}, bias_correction_nu="
+            f"{bias_correction_nu!r}) is invalid: the Nesterov look-ahead corrects both moments."
+        )
+    no_decay = checks.is_static_zero(weight_decay)
+    decay_weights = [] if no_decay else [add_decayed_weights(weight_decay, weight_decay_mask)]
+    amsgrad_raw = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "raw" else []
+    amsgrad_corrected = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "corrected" else []
+    correction = nesterov_momentum(None) if nesterov else bias_correction(mu=bias_correction_mu, nu=bias_correction_nu)
+    gradient = gradient_stages(
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
+    return chain(
+        *gradient,
+        *([] if decoupled else decay_weights),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        *amsgrad_raw,
+        correction,
+        *amsgrad_corrected,
+        normalize(eps, eps_root=eps_root, eps_on=conv.eps_on),
+        *(decay_weights if decoupled else []),
+        lr_decay(learning_rate, decay),
+    )
+
+
+@checks.porting_aids
+def adamw(
+    learning_rate: Any = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    weight_decay: float | None = None,
+    *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay_mask: Any = None,
+    amsgrad: bool = False,
+    nesterov: bool = False,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
+
+    ``p_t = p_{t-1} - lr_t (m^_t / (sqrt(v^_t) + eps) + weight_decay p_{t-1})``.
+
+    The default ``weight_decay`` is the convention's: 1e-4 for ``"optax"``
+    (``optax.adamw``), 1e-2 for ``"torch"`` (``torch.optim.AdamW``), 4e-3 for
+    ``"keras"`` (``keras.optimizers.AdamW``). ``weight_decay`` may be a schedule
+    ``count -> weight_decay`` (optax's ``adamw``). ``nesterov=True`` is optax's
+    ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`
+    (optax's ``mask`` is ``weight_decay_mask``).
+
+    >>> import adamfx
+    >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
+    """
+    conv = convention_of(convention)
+    weight_decay = conv.adamw_weight_decay if weight_decay is None else weight_decay
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        amsgrad=amsgrad,
+        nesterov=nesterov,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )
+
+
+@checks.porting_aids
+def amsgrad(
+    learning_rate: Any = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    *,
+    eps_root: float = 0.0,
+    decay: float = 0.0,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
+    """AMSGrad (Reddi et al., 2018): Adam with ``v`` replaced by its running maximum.
+
+    PyTorch and Keras max the raw ``v`` and correct afterwards; optax maxes the
+    corrected ``v^`` -- the trajectories differ, and ``convention`` picks one.
+    optax's ``bias_correction_mu=False`` / ``bias_correction_nu=False`` leave that
+    moment uncorrected (both ``False``: the AMSGrad paper's algorithm); they mean
+    the same under every convention. Arguments as :func:`adam`.
+
+    >>> import adamfx
+    >>> tx = adamfx.amsgrad(1e-3, convention="torch")
+    """
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root=eps_root,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=decoupled,
+        amsgrad=True,
+        bias_correction_mu=bias_correction_mu,
+        bias_correction_nu=bias_correction_nu,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -1,0 +1,152 @@
+"""Adamax: Adam with the infinity norm in place of the second moment, in three conventions."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from adamfx._src.core import checks
+from adamfx._src.optimizers import conventions
+from adamfx._src.optimizers.adam import CONVENTIONS as ADAM_CONVENTIONS
+from adamfx._src.stages.moment_forms import infinity_norm
+from adamfx._src.stages.moments import bias_correction, scale_by_moments
+
+
+class AdamaxConvention(NamedTuple):
+    """How one peer writes Adamax; each field picks a default or a composition."""
+
+    learning_rate: float
+    eps: float
+    eps_in: str  # "max": u = max(b2 u, |g| + eps) (PyTorch, optax); "denominator": m / (u + eps) (Keras)
+    weight_decay: str  # "coupled" L2 or "decoupled"
+
+
+ADAMAX_CONVENTIONS = {
+    "optax": AdamaxConvention(2e-3, 1e-8, "max", "coupled"),  # no default lr in optax: PyTorch's
+    "torch": AdamaxConvention(2e-3, 1e-8, "max", "coupled"),
+    "keras": AdamaxConvention(1e-3, 1e-7, "denominator", "decoupled"),
+}
+
+
+@checks.porting_aids
+def adamax(
+    learning_rate: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    *,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
+    r"""Adamax (Kingma & Ba, 2015, Sec. 7.1, Alg. 2).
+
+    For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
+
+        m_t = b1 m_{t-1} + (1 - b1) g_t
+        u_t = max(b2 u_{t-1}, |g_t| + eps),   p_t = p_{t-1} - lr_t m_t / ((1 - b1^t) u_t)          PyTorch, optax
+        u_t = max(b2 u_{t-1}, |g_t|),         p_t = p_{t-1} - lr_t m_t / ((1 - b1^t) (u_t + eps))  Keras
+
+    The chain is ``scale_by_moments(b1, None) -> bias_correction -> infinity_norm -> lr_decay``.
+
+    ==========  ========  =====  ======================  ============
+    convention  lr        eps    eps added to            weight_decay
+    ==========  ========  =====  ======================  ============
+    "optax"     2e-3 (*)  1e-8   |g| inside the max      coupled L2
+    "torch"     2e-3      1e-8   |g| inside the max      coupled L2
+    "keras"     1e-3      1e-7   u, after the max        decoupled
+    ==========  ========  =====  ======================  ============
+
+    (*) ``optax.adamax`` has no default learning rate; adamfx uses PyTorch's.
+
+    Args:
+      learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
+      b1: decay rate of the first moment, in [0, 1).
+      b2: decay of the running maximum, in [0, 1).
+      eps: ``None`` takes the convention's default.
+      weight_decay, weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
+      mu_dtype, nu_dtype: storage of the first moment and of u.
+
+    >>> import adamfx
+    >>> tx = adamfx.adamax(2e-3, convention="keras")
+    """
+    conv = conventions.lookup(ADAMAX_CONVENTIONS, convention)
+    conventions.require("adamax", b1=b1, b2=b2)
+    return conventions.finish(
+        [
+            scale_by_moments(b1, None, mu_dtype=mu_dtype),
+            bias_correction(),
+            infinity_norm(b2, conventions.pick(eps, conv.eps), eps_in=conv.eps_in, nu_dtype=nu_dtype),
+        ],
+        conv,
+        learning_rate=learning_rate,
+        decay=decay,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=decoupled,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
+
+
+@checks.porting_aids
+def adamaxw(
+    learning_rate: Any = None,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float | None = None,
+    weight_decay: Any = None,
+    *,
+    weight_decay_mask: Any = None,
+    decay: float = 0.0,
+    maximize: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    loss_scale_factor: float | None = None,
+    convention: str = "optax",
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+):
+    """AdamaxW: :func:`adamax` with decoupled weight decay, ``p -= lr_t (m_t / ((1 - b1^t) u_t) + wd p)``.
+
+    optax's ``adamaxw`` (default ``weight_decay`` 1e-4; a number or a schedule
+    ``count -> weight_decay``). Keras's ``Adamax(weight_decay=...)`` is this
+    decoupled decay already (``adamax(convention="keras")``); PyTorch has no
+    AdamaxW, and ``"torch"`` gives the same decoupled decay with PyTorch's AdamW
+    default 1e-2 (``"keras"``: 4e-3). Other arguments as :func:`adamax`.
+
+    >>> import adamfx
+    >>> tx = adamfx.adamaxw(2e-3, weight_decay=1e-2)
+    """
+    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    return adamax(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        decoupled=True,
+        decay=decay,
+        maximize=maximize,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        loss_scale_factor=loss_scale_factor,
+        convention=convention,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+    )

@@ -1,0 +1,125 @@
+"""How Adam's relatives finish their chains: weight decay, momentum and the learning rate.
+
+Every optimizer module keeps a table ``convention -> NamedTuple`` of defaults
+and composition choices; :func:`lookup` picks the row, :func:`pick` lets an
+explicit argument win over the row's default, and :func:`finish` places the
+stages every optimizer shares around its own core stages.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation, chain
+from adamfx._src.stages.clipping import gradient_stages
+from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
+from adamfx._src.stages.moments import normalize
+from adamfx._src.stages.momentum import decoupled_weight_decay
+
+
+def lookup(table: Mapping[str, Any], convention: str) -> Any:
+    """The row of ``table`` for ``convention``, or a ``ValueError`` naming the choices."""
+    checks.check_choice("convention", convention, tuple(table))
+    return table[convention]
+
+
+def pick(value: Any, default: Any) -> Any:
+    """``value`` unless it is ``None`` (the argument was not given), else the convention's ``default``."""
+    return default if value is None else value
+
+
+def effective_nesterov(nesterov: bool, momentum: Any, convention: Any) -> bool:
+    """``nesterov`` unless the convention reads Nesterov without momentum as plain SGD (Keras, optax).
+
+    Keras's ``SGD(nesterov=True)`` and optax's ``sgd``/``rmsprop(nesterov=True)`` with
+    momentum 0 take plain steps; PyTorch refuses them (``convention.nesterov_needs_momentum``),
+    and :func:`adamfx.trace` raises there.
+    """
+    return bool(nesterov) and (convention.nesterov_needs_momentum or not checks.is_static_zero(momentum))
+
+
+def require(factory: str, **values: Any) -> None:
+    """Raises ``ValueError`` for a hyperparameter given as ``None`` where this optimizer needs a number.
+
+    (The stages take ``None`` for "keep no such moment"; ``adam(b1=None)`` must not
+    silently become RMSprop.)
+    """
+    for name, value in values.items():
+        if value is None:
+            allowed = checks.HYPERPARAMETERS[name]._replace(optional=False).describe()
+            raise ValueError(f"{name}=None is invalid: {factory}() needs {name}, it must be {allowed}.")
+
+
+def warn_if_rho(factory: str, decay: Any) -> None:
+    """Warns when ``decay`` in [0.5, 1) looks like optax's ``decay`` (the moving-average rate, adamfx's ``rho``)."""
+    if checks.is_concrete(decay) and 0.5 <= float(decay) < 1:  # a moving-average rate, surely
+        warnings.warn(
+            f"{factory}(decay={decay!r}) is the legacy learning-rate decay lr / (1 + decay t), as in Keras; "
+            f"optax's rmsprop/adadelta decay is the moving-average rate, which adamfx calls rho: "
+            f"did you mean rho={decay!r}?",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
+    """:func:`normalize` with ``eps`` inside the root (``sqrt(v + eps)``) or outside it (``sqrt(v) + eps``)."""
+    checks.check_hyperparameter("eps", eps)  # inside the root the stage calls it eps_root: name the user's argument
+    return normalize(0.0, eps_root=eps) if in_root else normalize(eps)
+
+
+def finish(
+    core: Sequence[GradientTransformation],
+    convention: Any,
+    *,
+    learning_rate: Any,
+    decay: float,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any = None,
+    decoupled: bool | None = None,
+    momentum: Sequence[GradientTransformation] = (),
+    lr_inside: bool = False,
+    maximize: bool = False,
+    loss_scale_factor: Any = None,
+    clipnorm: Any = None,
+    clipvalue: Any = None,
+    global_clipnorm: Any = None,
+):
+    """The chain ``gradient [coupled L2] core [momentum] [decoupled decay] lr_decay``.
+
+    ``gradient`` are the stages on the raw gradient that ``maximize``,
+    ``loss_scale_factor`` and the clippings ask for
+    (:func:`adamfx._src.stages.clipping.gradient_stages`); they come first, as in PyTorch and Keras.
+
+    ``convention`` is the optimizer's row: its ``learning_rate`` is the default
+    learning rate and its ``weight_decay`` ("coupled" or "decoupled") the
+    meaning of ``weight_decay`` unless ``decoupled`` says otherwise.
+
+    - coupled weight decay (``g += wd p``) comes before ``core``;
+    - ``momentum`` (a :func:`trace`, or nothing) follows ``core``; with
+      ``lr_inside`` it follows ``lr_decay`` instead, so the buffer holds
+      ``-lr_t`` times the updates (Keras ``SGD``/``RMSprop``, optax ``rmsprop``),
+      and a decoupled decay becomes :func:`decoupled_weight_decay`, which
+      bypasses the buffer;
+    - otherwise a decoupled decay (``p -= lr_t wd p``) sits just before ``lr_decay``.
+    """
+    learning_rate = pick(learning_rate, convention.learning_rate)
+    gradient = gradient_stages(
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
+    decoupled = convention.weight_decay == "decoupled" if decoupled is None else bool(decoupled)
+    decayed = [] if checks.is_static_zero(weight_decay) else [add_decayed_weights(weight_decay, weight_decay_mask)]
+    if lr_inside and momentum:
+        bypassed = decayed and decoupled
+        bypass = [decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)] if bypassed else []
+        tail = [lr_decay(learning_rate, decay), *momentum, *bypass]
+    else:
+        tail = [*momentum, *(decayed if decoupled else []), lr_decay(learning_rate, decay)]
+    return chain(*gradient, *([] if decoupled else decayed), *core, *tail)

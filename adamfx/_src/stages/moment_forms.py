@@ -1,0 +1,229 @@
+"""Other forms of the second moment: a running sum, centering, an infinity norm, an update RMS.
+
+Each stage here plays the part :func:`scale_by_moments` or :func:`normalize`
+plays in Adam, for one of Adam's relatives:
+
+- :func:`accumulate_squares` -- Adagrad's running sum ``v_t = v_{t-1} + |g_t|^2``
+  (Duchi, Hazan & Singer, 2011), in place of the moving average;
+- :func:`center` -- centered RMSprop's variance ``v - |m|^2`` (Graves, 2013);
+- :func:`infinity_norm` -- Adamax's ``u_t = max(b2 u_{t-1}, |g_t|)`` in place of
+  ``sqrt(v)`` (Kingma & Ba, 2015, Sec. 7.1);
+- :func:`update_rms` -- Adadelta's RMS of past updates (Zeiler, 2012), after
+  :func:`normalize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamfx._src.core import checks
+from adamfx._src.core import hyperparams as hp
+from adamfx._src.core.base import Stage, identity_state
+from adamfx._src.core.numerics import abs_sq, compute_dtype, real_dtype, real_moment_dtype, safe_divide, scalar_like
+from adamfx._src.stages.moments import Moments
+from adamfx._src.stages.moments import _require_moments as require_moments
+from adamfx._src.storage.protocol import (
+    Storage,
+    check_keeps_elements,
+    init_stored,
+    map_stored,
+    parameter_shaped,
+    resolve_storage,
+    stream_of,
+)
+
+
+class _StoredMoment:
+    """Mixin for a stage that keeps one moment in ``self.storage``: as elementwise as its storage."""
+
+    @property
+    def elementwise(self) -> bool:
+        return self.storage.elementwise
+
+    def _conform(self, tree, stored, what: str):
+        """``tree`` checked against the stored moment, in the state's dtypes (see :func:`checks.conform`)."""
+        return checks.conform(tree, self.storage, parameter_shaped(self.storage, stored), what)
+
+
+class SumState(NamedTuple):
+    count: jax.Array  # steps taken
+    nu: Any  # stored running sum of |g|^2
+    hyperparams: dict  # none: the initial value only matters at init
+
+
+@dataclasses.dataclass(frozen=True)
+class AccumulateSquares(_StoredMoment, Stage):
+    initial_value: float
+    storage: Storage
+
+    def hyperparameters(self):
+        return {"initial_accumulator_value": self.initial_value}
+
+    def init(self, params):  # a traced v_0 (optax.inject_hyperparams under jit) is encoded too
+        nu = init_stored(self.storage, params, real_moment_dtype, self.initial_value)
+        return SumState(jnp.zeros([], jnp.int32), nu, {})
+
+    def update(self, grads, state, params=None, **extra_args):
+        grads = self._conform(grads, state.nu, "gradients")
+        count = optax.safe_increment(state.count)
+
+        def leaf(record, key, g):  # v_t = v_{t-1} + |g_t|^2
+            wide = g.astype(compute_dtype(g.dtype))
+            one, default = scalar_like(1.0, wide.real), real_dtype(g.dtype)
+            return self.storage.accumulate(record, wide, power=2, decay=one, weight=one, default_dtype=default, key=key)
+
+        nu, kept = map_stored(self.storage, leaf, state.nu, grads, count=count, stream=stream_of(self, "nu"))
+        one = jnp.asarray(1.0, dtype=float)
+        # 1 - b = 1 for both rates: nothing for bias_correction to correct, eps placements agree
+        return Moments(grads, None, nu, count, one, one, one), SumState(count, kept, state.hyperparams)
+
+
+def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None):
+    """Adagrad's running sum ``v_t = v_{t-1} + |g_t|^2``, ``v_0 = initial_accumulator_value``.
+
+    Emits a :class:`Moments` with ``nu = v_t`` and no first moment, for
+    :func:`normalize` (there is no bias to correct). State: ``count``, ``nu``
+    (stored as ``nu_dtype``). Used by :func:`adamfx.adagrad`.
+    """
+    storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
+    return AccumulateSquares(initial_accumulator_value, storage).transform()
+
+
+@dataclasses.dataclass(frozen=True)
+class Center(Stage):
+    def init(self, params):
+        return identity_state()
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = require_moments(moments, "center")
+        if moments.mu is None:
+            raise ValueError("center needs the first moment: build scale_by_moments with b1 (RMSprop: b1 = rho).")
+        # v >= |m|^2 holds exactly for two EMAs of one rate (Jensen); rounding of narrow
+        # storage (int8, bf16) can break it by an ulp, and sqrt of a negative is NaN.
+        nu = jax.tree.map(lambda v, m: jnp.maximum(v - abs_sq(m), 0), moments.nu, moments.mu)
+        return moments._replace(mu=None, nu=nu), state
+
+
+def center():
+    """Centered second moment: ``v <- v - |m|^2``, the variance of the gradient; drops ``m``.
+
+    :func:`normalize` then divides the gradient itself by the root of the
+    variance. No state. Used by :func:`adamfx.rmsprop` with ``centered=True``.
+    """
+    return Center().transform()
+
+
+class InfinityNormState(NamedTuple):
+    nu: Any  # stored u, the decayed running maximum of |g|
+    hyperparams: dict  # b2, eps
+
+
+EPS_IN_MAX = ("max", "denominator")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfinityNorm(_StoredMoment, Stage):
+    b2: float
+    eps: float
+    eps_in: str
+    storage: Storage
+
+    def init(self, params):
+        nu = init_stored(self.storage, params, real_moment_dtype)
+        return InfinityNormState(nu, hp.as_arrays(b2=self.b2, eps=self.eps))
+
+    def update(self, moments, state, params=None, **extra_args):
+        moments = require_moments(moments, "infinity_norm")
+        moments = moments._replace(grad=self._conform(moments.grad, state.nu, "gradients"))
+        b2, eps = state.hyperparams["b2"], state.hyperparams["eps"]
+
+        def leaf(record, key, g, m):
+            x = g.astype(compute_dtype(g.dtype))
+            eps_ = scalar_like(eps, x)
+            magnitude = jnp.abs(x) + eps_ if self.eps_in == "max" else jnp.abs(x)
+            # u_t = max(b2 u_{t-1}, |g_t| (+ eps))
+            u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(record, dtype=magnitude.dtype), magnitude)
+            u, kept = self.storage.store(u, default_dtype=real_dtype(g.dtype), key=key)
+            denominator = u if self.eps_in == "max" else u + eps_
+            out = safe_divide(m.astype(compute_dtype(m.dtype)), denominator)
+            return out.astype(g.dtype), kept
+
+        count, stream = moments.count, stream_of(self, "nu")
+        updates, kept = map_stored(self.storage, leaf, state.nu, moments.grad, moments.mu, count=count, stream=stream)
+        return updates, InfinityNormState(kept, state.hyperparams)
+
+
+def infinity_norm(b2: float = 0.999, eps: float = 1e-8, *, eps_in: str = "max", nu_dtype=None):
+    """Adamax's denominator: ``u_t = max(b2 u_{t-1}, |g_t|)``, emits ``m / u_t``.
+
+    ``eps_in`` places eps:
+
+    - ``"max"`` (PyTorch, optax): ``u_t = max(b2 u_{t-1}, |g_t| + eps)``, emits ``m / u_t``;
+    - ``"denominator"`` (Keras): ``u_t = max(b2 u_{t-1}, |g_t|)``, emits ``m / (u_t + eps)``.
+
+    Consumes the (bias-corrected) first moment of a :class:`Moments`; emits
+    parameter-shaped updates. State: ``nu`` (u, stored as ``nu_dtype``),
+    hyperparameters ``b2``, ``eps``. Used by :func:`adamfx.adamax`.
+    """
+    checks.check_choice("eps_in", eps_in, EPS_IN_MAX)
+    storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
+    check_keeps_elements(storage, "nu_dtype", nu_dtype, "infinity_norm", "a running maximum")
+    return InfinityNorm(b2, eps, eps_in, storage).transform()
+
+
+class UpdateRmsState(NamedTuple):
+    count: jax.Array  # steps taken (for the stochastic rounding's keys)
+    delta_sq: Any  # stored moving average of the squared updates
+    hyperparams: dict  # 1-rho (reported as rho), eps_root
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateRms(_StoredMoment, Stage):
+    rho: float
+    eps_root: float
+    storage: Storage
+
+    def init(self, params):
+        return UpdateRmsState(
+            jnp.zeros([], jnp.int32),
+            init_stored(self.storage, params, real_moment_dtype),
+            hp.as_arrays(**hp.complements(rho=self.rho), eps_root=self.eps_root),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        updates = self._conform(updates, state.delta_sq, "updates")
+        one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
+        count = optax.safe_increment(state.count)
+
+        def leaf(record, key, u):
+            x = u.astype(compute_dtype(u.dtype))
+            # d_t = sqrt(w_{t-1} + eps) u_t,  w_t = rho w_{t-1} + (1 - rho) |d_t|^2
+            w = self.storage.decode(record, dtype=real_dtype(x.dtype))
+            delta = jnp.sqrt(w + scalar_like(eps_root, x)) * x
+            c = scalar_like(one_minus_rho, x)
+            default, keep = real_dtype(u.dtype), self.storage.accumulate
+            _, kept = keep(record, delta, power=2, decay=1 - c, weight=c, default_dtype=default, key=key)
+            return delta.astype(u.dtype), kept
+
+        stream = stream_of(self, "delta_sq")
+        updates, kept = map_stored(self.storage, leaf, state.delta_sq, updates, count=count, stream=stream)
+        return updates, UpdateRmsState(count, kept, state.hyperparams)
+
+
+def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
+    """Adadelta's step: ``d_t = sqrt(w_{t-1} + eps) u_t``, ``w_t = rho w_{t-1} + (1 - rho) |d_t|^2``.
+
+    Placed after :func:`normalize` with ``eps_root=eps`` (which emits
+    ``u_t = g_t / sqrt(v_t + eps)``) it gives Zeiler's (2012, Alg. 1) update
+    ``d_t = sqrt(w_{t-1} + eps) / sqrt(v_t + eps) g_t``. The hyperparameter is
+    named ``eps_root`` in the state, like the eps inside :func:`normalize`'s
+    root, so ``set_hyperparams(eps_root=...)`` moves Adadelta's one eps in both.
+    State: ``count``, ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
+    ``eps_root``. Used by :func:`adamfx.adadelta`.
+    """
+    return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()
