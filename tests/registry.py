@@ -125,8 +125,13 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
     adamfx.radam: {**_ADAM, "threshold": 5.0, "weight_decay": 1e-4},
 }
 
+#: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
+CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {}
+
 OPTIMIZERS: tuple[Entry, ...] = tuple(
-    Entry(factory, convention, hyperparams) for factory, hyperparams in FACTORIES.items() for convention in CONVENTIONS
+    Entry(factory, convention, hyperparams)
+    for factory, hyperparams in FACTORIES.items()
+    for convention in CONVENTIONS_OF.get(factory, CONVENTIONS)
 )
 
 
