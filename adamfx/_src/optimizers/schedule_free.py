@@ -47,12 +47,14 @@ _TABLE = """
 
 
 def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay, **gradient_options):
-    """``gradient [decay at y] core`` or Keras's ``decay_before_step(gradient core)``."""
+    """``gradient [decay at y] core`` or Keras's ``decay_before_step(gradient core)``.
+
+    The weight decay stage is kept also for ``weight_decay=0`` (as optax does): the state's
+    structure must not depend on a value that ``set_hyperparams`` or ``inject_hyperparams`` may change.
+    """
     steps = [*gradient_stages(**gradient_options)]
-    decays = not checks.is_static_zero(weight_decay)
-    if conv.weight_decay == "at_y" or not decays:
-        decayed = [add_decayed_weights(weight_decay, weight_decay_mask)] if decays else []
-        return chain(*steps, *core[:-1], *decayed, core[-1])
+    if conv.weight_decay == "at_y":
+        return chain(*steps, *core[:-1], add_decayed_weights(weight_decay, weight_decay_mask), core[-1])
     return decay_before_step(chain(*steps, *core), weight_decay, learning_rate, decay, weight_decay_mask)
 
 
@@ -113,7 +115,7 @@ def schedule_free_adamw(
     State scalars: the step, ``lr_max``, ``weight_sum``.
     """
     conv = conventions.lookup(SCHEDULE_FREE_CONVENTIONS, convention)
-    conventions.require("schedule_free_adamw", b1=b1, b2=b2, eps=eps)
+    conventions.require("schedule_free_adamw", b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     core = [
         scale_by_moments(None, b2, nu_dtype=nu_dtype),
         bias_correction(),
@@ -162,7 +164,7 @@ def schedule_free_sgd(
     schedule-free SGD); they differ as in :func:`schedule_free_adamw`'s table.
     """
     conv = conventions.lookup(SCHEDULE_FREE_SGD_CONVENTIONS, convention)
-    conventions.require("schedule_free_sgd", b1=b1, weight_lr_power=weight_lr_power)
+    conventions.require("schedule_free_sgd", b1=b1, weight_decay=weight_decay, weight_lr_power=weight_lr_power)
     core = [_averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, decay, z_dtype)]
     return _finish(
         core,

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, Stage, stage_of
 from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
@@ -143,8 +142,6 @@ def schedule_free(
             f"z_dtype={z_dtype!r} is invalid: z is an iterate, not a moment; keep it in a float dtype "
             "(None, bfloat16, float32, ...) so that x = (y - (1 - b1) z) / b1 can be rebuilt."
         )
-    if checks.is_concrete(b1) and not float(b1) > 0:
-        raise ValueError(f"b1={b1!r} is invalid: schedule-free needs b1 > 0 (x = (y - (1 - b1) z) / b1).")
     if warmup_shift not in (0, 1) or isinstance(warmup_shift, bool):
         raise ValueError(f"warmup_shift={warmup_shift!r} is invalid: it must be 0 or 1.")
     return ScheduleFree(

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adamfx._src.core import checks
 from adamfx._src.execution.flat import Layout
 from adamfx._src.execution.fused import PACK_BELOW, FusedState
 from adamfx._src.stages.schedule_free import ScheduleFreeState
@@ -62,6 +63,8 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
         raise ValueError("schedule_free_eval_params needs the state of a schedule-free optimizer; none found in it.")
     sf, fused = found
     b1 = sf.hyperparams["b1"]
+    if checks.is_concrete(b1) and float(b1) == 0:
+        raise ValueError("schedule_free_eval_params: b1=0 keeps y = z, so x = (y - (1 - b1) z) / b1 cannot be rebuilt.")
     layout = _fused_layout(params, sf.z) if fused else None
     z = layout.unflatten(sf.z) if fused else sf.z
 
