@@ -30,22 +30,6 @@ SCHEDULE_FREE_CONVENTIONS = {
 # No Keras schedule-free SGD: the peers are optax.contrib.schedule_free_sgd and schedulefree's SGDScheduleFree.
 SCHEDULE_FREE_SGD_CONVENTIONS = {name: SCHEDULE_FREE_CONVENTIONS[name] for name in ("optax", "torch")}
 
-_TABLE = """
-    ==========  ==============  ================  ===================  ======================================
-    convention  weight_lr_power z-step warmup      averaging weight     weight decay
-    ==========  ==============  ================  ===================  ======================================
-    "optax"     2.0             (t - 1) / W (*)   lr_max(lr_{t+1})^2   d += wd y, times lr_t (at y)
-    "torch"     2.0             t / W             lr_max(lr_t)^2       d += wd y, times lr_t (at y)
-    "keras"     0.0 (c = 1/t)   t / W             1 (c_t = 1 / t)      y -= lr wd y before the step (**)
-    ==========  ==============  ================  ===================  ======================================
-
-    (*) optax's warmup is ``warmup_constant_schedule(0, lr, W)`` read by the base optimizer at
-    t - 1 (its first z step is zero) and by the averaging at t. (**) Keras's ``weight_decay``
-    decays the variable with the un-warmed learning rate before ``update_step``, which then
-    rebuilds x from the decayed y; d is the normalized gradient alone.
-"""
-
-
 def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay, **gradient_options):
     """``gradient [decay at y] core`` or Keras's ``decay_before_step(gradient core)``.
 
@@ -113,6 +97,54 @@ def schedule_free_adamw(
     ``m`` and ``v`` (``x`` is rebuilt from ``y`` and ``z``, not stored); ``nu_dtype``
     stores ``v`` (bfloat16, int8, factored) and ``z_dtype`` stores ``z`` (a float dtype).
     State scalars: the step, ``lr_max``, ``weight_sum``.
+
+    The peers differ (optax.contrib 0.2.8, schedulefree 1.4.1 ``AdamWScheduleFree``, Keras 3.15
+    ``ScheduleFreeAdamW``); each row is a composition of the same stages:
+
+    ==========  ===============  =============  ====================  ======================================
+    convention  weight_lr_power  z-step warmup  averaging weight c    weight decay
+    ==========  ===============  =============  ====================  ======================================
+    "optax"     2.0              (t - 1) / W    lr read at t + 1 (*)  d += wd y (at y), times lr_t
+    "torch"     2.0              t / W          lr_t                  d += wd y (at y), times lr_t
+    "keras"     0.0: c = 1 / t   t / W          1 / t                 y -= lr wd y before the step (**)
+    ==========  ===============  =============  ====================  ======================================
+
+    (*) optax builds ``warmup_constant_schedule(0, lr, W)``: the base optimizer reads it at
+    ``t - 1`` (its first z step is zero), the averaging at ``t`` (``schedule_free_adamw``'s
+    ``step_count`` starts at 1); a schedule given as ``learning_rate`` is read the same two ways.
+    (**) Keras's ``weight_decay`` decays the variable with the un-warmed learning rate before
+    ``update_step`` (:func:`adamfx.decay_before_step`), which rebuilds x from the decayed y; its
+    d is the normalized gradient alone. Keras has no ``weight_lr_power``: its c_t is ``1 / t``.
+    All three: ``v`` bias-corrected, eps outside the corrected root (``sqrt(v / (1 - b2^t)) + eps``),
+    ``lr_max`` starting at 0 (schedulefree's -1 is the same for ``lr >= 0``), ``c = 0`` while
+    ``sum w = 0``. schedulefree before 1.3 (now ``AdamWScheduleFreePaper``, and the paper's Alg. 1)
+    instead scaled the learning rate by ``sqrt(1 - b2^t)`` -- its weight decay and averaging
+    weights too -- and put eps on the raw root; 1.3 moved the correction into ``v``, which
+    every convention here follows. schedulefree computes ``y`` in place as
+    ``lerp(y, z, c) + lr (b1 (1 - c) - 1) d`` (as adamfx does), optax and Keras through ``x``.
+
+    Args:
+      learning_rate: a number or a schedule ``count -> lr`` (read at ``t - 1``); warmup multiplies it.
+      warmup_steps: W, the length of the linear warmup (``None`` or 0: none).
+      b1: the interpolation ``y = b1 x + (1 - b1) z`` (schedulefree's beta1/momentum), in [0, 1).
+      b2, eps: the second moment's rate and the denominator's eps.
+      weight_decay: evaluated at ``y`` (Keras: decays ``y`` before the step), times ``lr_t``.
+      weight_lr_power: p in the averaging weights ``lr_max^p``; ``None``: the convention's.
+      weight_decay_mask, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
+      nu_dtype: storage of ``v``; z_dtype: storage of ``z`` (a float dtype; default like the params).
+
+    The first update of a gradient 0.5 at lr 0.1 with a 2-step warmup: optax's first z step is
+    zero, schedulefree's is ``lr / 2`` (and c_1 = 1, so ``y_2 = z_2``):
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> params, grads = {"w": jnp.array([1.0])}, {"w": jnp.array([0.5])}
+    >>> for convention in ("optax", "torch"):
+    ...     tx = adamfx.schedule_free_adamw(0.1, warmup_steps=2, convention=convention)
+    ...     updates, state = tx.update(grads, tx.init(params), params)
+    ...     print(convention, updates["w"])
+    optax [0.]
+    torch [-0.05]
     """
     conv = conventions.lookup(SCHEDULE_FREE_CONVENTIONS, convention)
     conventions.require("schedule_free_adamw", b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
