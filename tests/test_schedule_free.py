@@ -127,3 +127,40 @@ def test_update_without_params_says_it_needs_them():
 def test_unknown_convention_names_the_available_ones():
     with pytest.raises(ValueError, match="'optax', 'torch'"):
         adamfx.schedule_free_sgd(convention="keras")
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_sharded_state_follows_the_params_and_equals_the_single_device_run():
+    from tests.test_sharding import SPECS, host_tree, make_mesh, place, run_steps, single_device_run, specs_of
+
+    tx = adamfx.schedule_free_adamw(1e-2, 2, weight_decay=0.1, convention="torch")
+    mesh = make_mesh()
+    grads_list = [host_tree(seed) for seed in range(1, 5)]
+    params = place(host_tree(0), mesh)
+    state = adamfx.init_sharded(tx, params)
+    sf = [s for s in state if isinstance(s, adamfx.ScheduleFreeState)][0]
+    assert specs_of(sf.z) == SPECS  # z lies where its parameter lies
+    new_params, new_state = run_steps(tx, params, state, [place(g, mesh) for g in grads_list])
+    reference = single_device_run(tx, grads_list)
+    for x, y in zip(jax.tree.leaves((new_params, new_state)), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_max_ulp(np.asarray(x), np.asarray(y), maxulp=2)
+
+
+def test_checkpoint_round_trip_resumes_the_same_run():
+    from flax import serialization
+
+    tx = adamfx.schedule_free_adamw(LR, W, weight_decay=0.05, convention="keras")
+    with jax.enable_x64(True):
+        params = {k: jnp.asarray(v) for k, v in PROBLEM.params_in(np.float64).items()}
+        step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))
+        state = tx.init(params)
+        for t in range(5):
+            params, state = step(params, state, PROBLEM.grad(params, t))
+        restored = adamfx.restore_state(tx, params, serialization.msgpack_restore(serialization.to_bytes(state)))
+        runs = []
+        for s in (state, restored):
+            p = params
+            for t in range(5, 10):
+                p, s = step(p, s, PROBLEM.grad(p, t))
+            runs.append(peers.flatten(adamfx.schedule_free_eval_params(s, p)))
+    np.testing.assert_array_equal(runs[0], runs[1])
