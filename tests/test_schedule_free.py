@@ -164,3 +164,19 @@ def test_checkpoint_round_trip_resumes_the_same_run():
                 p, s = step(p, s, PROBLEM.grad(p, t))
             runs.append(peers.flatten(adamfx.schedule_free_eval_params(s, p)))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def _state_bytes(tx, params):
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tx.init(params)) if np.ndim(x) > 0)
+
+
+def test_state_memory_is_adamws_for_adamw_and_sgd_momentums_for_sgd():
+    """What the docstrings promise: z and v per parameter (AdamW: m and v), z alone for SGD (SGD: its trace)."""
+    params = {"w": jnp.zeros((64, 64)), "b": jnp.zeros(64)}
+    for convention in ("optax", "torch", "keras"):
+        ours = adamfx.schedule_free_adamw(convention=convention)
+        assert _state_bytes(ours, params) == _state_bytes(adamfx.adamw(convention=convention), params)
+    sgd = adamfx.sgd(0.1, momentum=0.9, convention="torch")
+    assert _state_bytes(adamfx.schedule_free_sgd(convention="torch"), params) == _state_bytes(sgd, params)
+    half = adamfx.schedule_free_adamw(convention="torch", z_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    assert _state_bytes(half, params) == _state_bytes(adamfx.adamw(convention="torch"), params) // 2

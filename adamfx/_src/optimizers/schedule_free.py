@@ -30,6 +30,7 @@ SCHEDULE_FREE_CONVENTIONS = {
 # No Keras schedule-free SGD: the peers are optax.contrib.schedule_free_sgd and schedulefree's SGDScheduleFree.
 SCHEDULE_FREE_SGD_CONVENTIONS = {name: SCHEDULE_FREE_CONVENTIONS[name] for name in ("optax", "torch")}
 
+
 def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay, **gradient_options):
     """``gradient [decay at y] core`` or Keras's ``decay_before_step(gradient core)``.
 
@@ -194,6 +195,22 @@ def schedule_free_sgd(
     ``momentum``. **Memory per parameter**: ``z`` alone, one parameter-sized buffer
     (as SGD's momentum buffer). Conventions "optax" and "torch" (Keras has no
     schedule-free SGD); they differ as in :func:`schedule_free_adamw`'s table.
+
+    Args:
+      learning_rate, warmup_steps, weight_lr_power, z_dtype: as :func:`schedule_free_adamw`.
+      b1: the interpolation ``y = b1 x + (1 - b1) z`` (schedulefree's ``momentum``).
+      weight_decay: ``d = g + wd y`` (optax: ``add_decayed_weights`` before ``sgd``; schedulefree: at y).
+      weight_decay_mask, decay, convention: as :func:`adamfx.sgd`.
+      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
+
+    The first step has ``c_1 = 1``, so the params land on ``z_2 = y_1 - lr g``:
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.schedule_free_sgd(0.5, convention="torch")
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> updates, state = tx.update({"w": jnp.array([1.0, 2.0])}, tx.init(params), params)
+    >>> updates["w"]
+    Array([-0.5, -1. ], dtype=float32)
     """
     conv = conventions.lookup(SCHEDULE_FREE_SGD_CONVENTIONS, convention)
     conventions.require("schedule_free_sgd", b1=b1, weight_decay=weight_decay, weight_lr_power=weight_lr_power)
