@@ -65,8 +65,7 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
     b1 = sf.hyperparams["b1"]
     if checks.is_concrete(b1) and float(b1) == 0:
         raise ValueError("schedule_free_eval_params: b1=0 keeps y = z, so x = (y - (1 - b1) z) / b1 cannot be rebuilt.")
-    layout = _fused_layout(params, sf.z) if fused else None
-    z = layout.unflatten(sf.z) if fused else sf.z
+    z = _fused_layout(params, sf.z).unflatten(sf.z) if fused else sf.z
 
     def leaf(y, z):
         dt = jnp.promote_types(y.dtype, jnp.float32)
