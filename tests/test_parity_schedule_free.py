@@ -296,7 +296,7 @@ def numpy_schedule_free(lr, warmup, b1, b2, eps, wd, power, steps=STEPS, adam=Tr
     return np.stack(ys), np.stack(xs)
 
 
-@pytest.mark.parametrize("family", ["adamw", "sgd"])
+@pytest.mark.parametrize("family", ["adamw", pytest.param("sgd", marks=pytest.mark.slow)])
 def test_matches_the_papers_algorithm_in_numpy(family):
     adam = family == "adamw"
     lr = LR if adam else SGD_LR

@@ -30,7 +30,7 @@ def test_set_hyperparams_takes_effect_like_the_papers_algorithm_with_those_value
     assert peers.max_abs_diff(traj, expected) <= 1e-12
 
 
-@pytest.mark.parametrize("convention", ["optax", "keras"])
+@pytest.mark.parametrize("convention", ["optax", pytest.param("keras", marks=pytest.mark.slow)])
 def test_every_hyperparameter_changes_without_recompiling(convention):
     tx = adamfx.schedule_free_adamw(LR, W, weight_decay=0.01, weight_lr_power=1.0, convention=convention)
     with jax.enable_x64(True):
@@ -46,7 +46,7 @@ def test_equal_arguments_give_equal_optimizers():
     assert adamfx.schedule_free_sgd(0.5, convention="torch") != adamfx.schedule_free_sgd(0.5, convention="optax")
 
 
-@pytest.mark.parametrize("convention", ["torch", "keras"])
+@pytest.mark.parametrize("convention", ["torch", pytest.param("keras", marks=pytest.mark.slow)])
 def test_fused_equals_unfused_and_its_eval_params_too(convention):
     tx = adamfx.schedule_free_adamw(LR, W, weight_decay=0.05, convention=convention)
     y, x = run_ours(tx, steps=30)
