@@ -180,3 +180,23 @@ def test_state_memory_is_adamws_for_adamw_and_sgd_momentums_for_sgd():
     assert _state_bytes(adamfx.schedule_free_sgd(convention="torch"), params) == _state_bytes(sgd, params)
     half = adamfx.schedule_free_adamw(convention="torch", z_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     assert _state_bytes(half, params) == _state_bytes(adamfx.adamw(convention="torch"), params) // 2
+
+
+def test_eval_params_of_an_nnx_optimizer_equal_the_functional_ones():
+    from flax import nnx
+
+    tx = adamfx.schedule_free_adamw(0.1, 2, weight_decay=0.1, convention="torch")
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    params = jax.tree.map(jnp.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    state = tx.init(params)
+    inputs = jnp.arange(12.0).reshape(4, 3) / 10
+    for _ in range(3):
+        grads = nnx.grad(lambda m: jnp.mean(m(inputs) ** 2))(model)
+        optimizer.update(model, grads)
+        updates, state = tx.update(nnx.to_pure_dict(grads), state, params)
+        params = optax.apply_updates(params, updates)
+    ours = nnx.to_pure_dict(adamfx.schedule_free_eval_params(optimizer.opt_state, nnx.state(model, nnx.Param)))
+    expected = adamfx.schedule_free_eval_params(state, params)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -46,7 +46,8 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
     ``params`` are the training params ``y``; evaluate (test loss, checkpoints for
     inference) at the result, as ``optax.contrib.schedule_free_eval_params`` and
     PyTorch's ``optimizer.eval()`` do. ``state`` may be the optimizer's state or any
-    state containing it (``optax.chain``, ``adamfx.fused``). ``b1`` is the state's
+    state containing it (``optax.chain``, ``adamfx.fused``, ``nnx.Optimizer.opt_state`` with
+    ``nnx.state(model, nnx.Param)`` as ``params``). ``b1`` is the state's
     (``set_hyperparams`` changes it).
 
     >>> import adamfx, jax.numpy as jnp
@@ -62,14 +63,21 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
     if found is None:
         raise ValueError("schedule_free_eval_params needs the state of a schedule-free optimizer; none found in it.")
     sf, fused = found
-    b1 = sf.hyperparams["b1"]
+    (b1,) = jax.tree.leaves(sf.hyperparams["b1"])  # also inside nnx.Optimizer's OptVariables
     if checks.is_concrete(b1) and float(b1) == 0:
         raise ValueError("schedule_free_eval_params: b1=0 keeps y = z, so x = (y - (1 - b1) z) / b1 cannot be rebuilt.")
     z = _fused_layout(params, sf.z).unflatten(sf.z) if fused else sf.z
+    y_leaves, treedef = jax.tree.flatten(params)
+    z_leaves = jax.tree.leaves(z)  # leaf by leaf: params and z may wrap their arrays differently (nnx Variables)
+    if len(z_leaves) != len(y_leaves):
+        raise ValueError(
+            f"schedule_free_eval_params: params have {len(y_leaves)} leaves, the state's z has {len(z_leaves)}; "
+            "pass the params this optimizer was initialized with."
+        )
 
     def leaf(y, z):
         dt = jnp.promote_types(y.dtype, jnp.float32)
         b = jnp.asarray(b1).astype(dt)
         return ((y.astype(dt) - (1 - b) * z.astype(dt)) / b).astype(y.dtype)
 
-    return jax.tree.map(leaf, params, z)
+    return jax.tree.unflatten(treedef, [leaf(y, z) for y, z in zip(y_leaves, z_leaves, strict=True)])
