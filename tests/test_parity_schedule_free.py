@@ -120,7 +120,9 @@ def run_torch(cls_name: str, kwargs: dict, dtype=np.float64, schedule: bool = Fa
     import schedulefree
     import torch
 
-    with peers._torch_default_dtype(torch, dtype):
+    old_default = torch.get_default_dtype()  # scalar state in the run's dtype
+    torch.set_default_dtype(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+    try:
         tensors = {k: torch.tensor(v, requires_grad=True) for k, v in PROBLEM.params_in(dtype).items()}
         opt = getattr(schedulefree, cls_name)([tensors[k] for k in KEYS], **kwargs)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: GAMMA**k) if schedule else None
@@ -141,11 +143,14 @@ def run_torch(cls_name: str, kwargs: dict, dtype=np.float64, schedule: bool = Fa
             opt.eval()  # p <- x
             xs.append(now())
             opt.train()  # p <- y
+    finally:
+        torch.set_default_dtype(old_default)
     return np.stack(ys), np.stack(xs)
 
 
 def run_keras(kwargs: dict, dtype=np.float64, schedule: bool = False) -> Trajectories:
-    keras = peers._keras()
+    import keras  # peers set KERAS_BACKEND=jax before any import of keras
+
     b1 = kwargs.get("beta_1", 0.9)
     with peers.precision(dtype, keras_floatx=True):
         kwargs = dict(kwargs)
@@ -153,10 +158,13 @@ def run_keras(kwargs: dict, dtype=np.float64, schedule: bool = False) -> Traject
             kwargs["learning_rate"] = keras.optimizers.schedules.ExponentialDecay(
                 kwargs["learning_rate"], decay_steps=1, decay_rate=GAMMA
             )
-        opt, variables = peers._keras_build("ScheduleFreeAdamW", kwargs, PROBLEM, dtype, None)
+        opt = keras.optimizers.ScheduleFreeAdamW(**kwargs)
+        init = PROBLEM.params_in(dtype)
+        variables = [keras.Variable(init[k], dtype=np.dtype(dtype).name, name=k) for k in KEYS]
+        opt.build(variables)
         z_index = [i for i, v in enumerate(opt.variables) if "momentum" in v.path]
         assert len(z_index) == len(KEYS)
-        apply = jax.jit(peers._keras_stateless(opt))
+        apply = jax.jit(lambda state, grads: opt.stateless_apply(state[1], grads, state[0]))
         state = ([v.value for v in variables], [v.value for v in opt.variables])
         ys, xs = [], []
         for i in range(STEPS):

@@ -41,7 +41,7 @@ def test_every_hyperparameter_changes_without_recompiling(convention):
 
 
 def test_equal_arguments_give_equal_optimizers():
-    make = lambda: adamfx.schedule_free_adamw(1e-3, 10, weight_decay=0.1, convention="keras")  # noqa: E731
+    make = lambda: adamfx.schedule_free_adamw(1e-3, 10, weight_decay=0.1, convention="keras")
     assert make() == make() and hash(make()) == hash(make())
     assert adamfx.schedule_free_sgd(0.5, convention="torch") != adamfx.schedule_free_sgd(0.5, convention="optax")
 
@@ -58,7 +58,7 @@ def test_fused_equals_unfused_and_its_eval_params_too(convention):
 def test_fused_state_keeps_z_and_v_in_one_flat_buffer():
     params = {"b": jnp.zeros(3), "w": jnp.ones((3, 3))}
     state = adamfx.fused(adamfx.schedule_free_adamw(convention="torch")).init(params)
-    sf = [s for s in state.inner if isinstance(s, adamfx.ScheduleFreeState)][0]
+    sf = next(s for s in state.inner if isinstance(s, adamfx.ScheduleFreeState))
     assert sf.z["float32"].shape == (12,)
     np.testing.assert_array_equal(sf.z["float32"], np.r_[np.zeros(3), np.ones(9)])  # z_1 = y_1
 
@@ -138,7 +138,7 @@ def test_sharded_state_follows_the_params_and_equals_the_single_device_run():
     grads_list = [host_tree(seed) for seed in range(1, 5)]
     params = place(host_tree(0), mesh)
     state = adamfx.init_sharded(tx, params)
-    sf = [s for s in state if isinstance(s, adamfx.ScheduleFreeState)][0]
+    sf = next(s for s in state if isinstance(s, adamfx.ScheduleFreeState))
     assert specs_of(sf.z) == SPECS  # z lies where its parameter lies
     new_params, new_state = run_steps(tx, params, state, [place(g, mesh) for g in grads_list])
     reference = single_device_run(tx, grads_list)

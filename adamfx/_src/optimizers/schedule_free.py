@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.optimizers import conventions
@@ -16,19 +18,24 @@ from adamfx._src.stages.schedule_free import decay_before_step, schedule_free
 class ScheduleFreeConvention(NamedTuple):
     """How one peer writes schedule-free; each field picks a default or a composition."""
 
+    learning_rate: float  # the default, as the signatures fix it (0.0025 AdamW, 1.0 SGD; None is refused)
+    weight_decay: str  # "decoupled" from the normalization (AdamW) or "coupled" (SGD: d = g + wd y)
     weight_lr_power: float  # default power of lr_max in the averaging weights (Keras: 0, i.e. c_t = 1/t)
     warmup_shift: int  # z-step warmup min((t - 1 + shift) / W, 1): 0 = optax ((t-1)/W), 1 = t/W
     weights_ahead: bool  # the averaging weights read the lr of step t + 1 (optax's schedule(step_count))
-    weight_decay: str  # "at_y": d += wd y before the z step; "before_step": y -= lr wd y first (Keras)
+    decay_at: str  # "y": d += wd y before the z step; "before_step": y -= lr wd y first (Keras)
 
 
 SCHEDULE_FREE_CONVENTIONS = {
-    "optax": ScheduleFreeConvention(2.0, 0, True, "at_y"),
-    "torch": ScheduleFreeConvention(2.0, 1, False, "at_y"),
-    "keras": ScheduleFreeConvention(0.0, 1, False, "before_step"),
+    "optax": ScheduleFreeConvention(0.0025, "decoupled", 2.0, 0, True, "y"),
+    "torch": ScheduleFreeConvention(0.0025, "decoupled", 2.0, 1, False, "y"),
+    "keras": ScheduleFreeConvention(0.0025, "decoupled", 0.0, 1, False, "before_step"),
 }
 # No Keras schedule-free SGD: the peers are optax.contrib.schedule_free_sgd and schedulefree's SGDScheduleFree.
-SCHEDULE_FREE_SGD_CONVENTIONS = {name: SCHEDULE_FREE_CONVENTIONS[name] for name in ("optax", "torch")}
+SCHEDULE_FREE_SGD_CONVENTIONS = {
+    "optax": ScheduleFreeConvention(1.0, "coupled", 2.0, 0, True, "y"),
+    "torch": ScheduleFreeConvention(1.0, "coupled", 2.0, 1, False, "y"),
+}
 
 
 def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay, **gradient_options):
@@ -38,7 +45,7 @@ def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay
     structure must not depend on a value that ``set_hyperparams`` or ``inject_hyperparams`` may change.
     """
     steps = [*gradient_stages(**gradient_options)]
-    if conv.weight_decay == "at_y":
+    if conv.decay_at == "y":
         return chain(*steps, *core[:-1], add_decayed_weights(weight_decay, weight_decay_mask), core[-1])
     return decay_before_step(chain(*steps, *core), weight_decay, learning_rate, decay, weight_decay_mask)
 
@@ -57,25 +64,20 @@ def _averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, decay, z_
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def schedule_free_adamw(
-    learning_rate: Any = 0.0025,
+    learning_rate: ScalarOrSchedule = 0.0025,
     warmup_steps: float | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    weight_decay: Any = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
     weight_lr_power: float | None = None,
     *,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     nu_dtype: Any = None,
     z_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""Schedule-Free AdamW (Defazio et al., 2024, "The Road Less Scheduled", Alg. 1).
 
@@ -116,7 +118,7 @@ def schedule_free_adamw(
     (**) Keras's ``weight_decay`` decays the variable with the un-warmed learning rate before
     ``update_step`` (:func:`adamfx.decay_before_step`), which rebuilds x from the decayed y; its
     d is the normalized gradient alone. Keras has no ``weight_lr_power``: its c_t is ``1 / t``.
-    All three: ``v`` bias-corrected, eps outside the corrected root (``sqrt(v / (1 - b2^t)) + eps``),
+    All three: ``v`` bias-corrected, ``eps_placement="outside"`` (``sqrt(v / (1 - b2^t)) + eps``),
     ``lr_max`` starting at 0 (schedulefree's -1 is the same for ``lr >= 0``), ``c = 0`` while
     ``sum w = 0``. schedulefree before 1.3 (now ``AdamWScheduleFreePaper``, and the paper's Alg. 1)
     instead scaled the learning rate by ``sqrt(1 - b2^t)`` -- its weight decay and averaging
@@ -148,45 +150,30 @@ def schedule_free_adamw(
     torch [-0.05]
     """
     conv = conventions.lookup(SCHEDULE_FREE_CONVENTIONS, convention)
-    conventions.require("schedule_free_adamw", b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    conventions.require(
+        "schedule_free_adamw", learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+    )
     core = [
         scale_by_moments(None, b2, nu_dtype=nu_dtype),
         bias_correction(),
-        normalize(eps),
-        _averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, decay, z_dtype),
+        normalize(eps, eps_placement="outside"),
+        _averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, options["decay"], z_dtype),
     ]
-    return _finish(
-        core,
-        conv,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        learning_rate=learning_rate,
-        decay=decay,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-    )
+    return _finish(core, conv, learning_rate=learning_rate, weight_decay=weight_decay, **options)
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def schedule_free_sgd(
-    learning_rate: Any = 1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     warmup_steps: float | None = None,
     b1: float = 0.9,
-    weight_decay: Any = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
     weight_lr_power: float = 2.0,
     *,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     z_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""Schedule-Free SGD (Defazio et al., 2024, "The Road Less Scheduled").
 
@@ -213,18 +200,12 @@ def schedule_free_sgd(
     Array([-0.5, -1. ], dtype=float32)
     """
     conv = conventions.lookup(SCHEDULE_FREE_SGD_CONVENTIONS, convention)
-    conventions.require("schedule_free_sgd", b1=b1, weight_decay=weight_decay, weight_lr_power=weight_lr_power)
-    core = [_averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, decay, z_dtype)]
-    return _finish(
-        core,
-        conv,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
+    conventions.require(
+        "schedule_free_sgd",
         learning_rate=learning_rate,
-        decay=decay,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        b1=b1,
+        weight_decay=weight_decay,
+        weight_lr_power=weight_lr_power,
     )
+    core = [_averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, options["decay"], z_dtype)]
+    return _finish(core, conv, learning_rate=learning_rate, weight_decay=weight_decay, **options)

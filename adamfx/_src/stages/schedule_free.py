@@ -57,6 +57,16 @@ class ScheduleFree(Stage):
     weights_ahead: bool  # the averaging weights read the learning rate of step t + 1 (optax)
     storage: Storage
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.storage, FloatStorage):
+            raise ValueError(
+                f"z_dtype={self.storage!r} is invalid: z is an iterate, not a moment; keep it in a float dtype "
+                "(None, bfloat16, float32, ...) so that x = (y - (1 - b1) z) / b1 can be rebuilt."
+            )
+        if self.warmup_shift not in (0, 1) or isinstance(self.warmup_shift, bool):
+            raise ValueError(f"warmup_shift={self.warmup_shift!r} is invalid: it must be 0 or 1.")
+
     def _rate(self, n, values):
         """``warmup(n + shift) schedule(n) / (1 + decay n)`` for n steps taken."""
         base = self.learning_rate(n) if callable(self.learning_rate) else values["learning_rate"]
@@ -137,15 +147,8 @@ def schedule_free(
     Used by :func:`adamfx.schedule_free_adamw` and :func:`adamfx.schedule_free_sgd`.
     """
     storage = resolve_storage(z_dtype, "z_dtype")
-    if not isinstance(storage, FloatStorage):
-        raise ValueError(
-            f"z_dtype={z_dtype!r} is invalid: z is an iterate, not a moment; keep it in a float dtype "
-            "(None, bfloat16, float32, ...) so that x = (y - (1 - b1) z) / b1 can be rebuilt."
-        )
-    if warmup_shift not in (0, 1) or isinstance(warmup_shift, bool):
-        raise ValueError(f"warmup_shift={warmup_shift!r} is invalid: it must be 0 or 1.")
     return ScheduleFree(
-        learning_rate, decay, b1, warmup_steps, weight_lr_power, int(warmup_shift), bool(weights_ahead), storage
+        learning_rate, decay, b1, warmup_steps, weight_lr_power, warmup_shift, bool(weights_ahead), storage
     ).transform()
 
 
