@@ -19,6 +19,7 @@ from adamfx._src.optimizers.adamax import adamax, adamaxw
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
+from adamfx._src.optimizers.schedule_free import schedule_free_adamw, schedule_free_sgd
 from adamfx._src.optimizers.sgd import sgd
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
@@ -26,11 +27,13 @@ from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.schedule_free import ScheduleFreeState, decay_before_step, schedule_free
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
 from adamfx._src.training.checkpoint import check_compatible, restore_state
 from adamfx._src.training.ema import EmaState, ema_params, with_ema
+from adamfx._src.training.schedule_free_eval import schedule_free_eval_params
 from adamfx._src.training.sweep import sweep, sweep_params
 from adamfx._src.training.wrappers import apply_if_finite, exclude_bias_and_norm, masked, multi_steps, partition
 
@@ -46,6 +49,7 @@ __all__ = [
     "GradientTransformationExtraArgs",
     "Int8Storage",
     "Moments",
+    "ScheduleFreeState",
     "Stage",
     "Storage",
     "accumulate_squares",
@@ -66,6 +70,7 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_norm_per_leaf",
     "clip_by_value",
+    "decay_before_step",
     "decoupled_weight_decay",
     "ema_params",
     "exclude_bias_and_norm",
@@ -90,6 +95,10 @@ __all__ = [
     "restore_state",
     "rmsprop",
     "scale_by_moments",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
     "set_hyperparams",
     "sgd",
     "state_shardings",

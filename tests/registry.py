@@ -66,6 +66,9 @@ RANGES: Mapping[str, Range] = {
     "momentum_decay": NONNEGATIVE,
     "threshold": Range(4.0),
     "initial_accumulator_value": NONNEGATIVE,
+    # schedule_free_adamw / schedule_free_sgd (schedulefree: warmup_steps an int >= 0, weight_lr_power any power >= 0)
+    "warmup_steps": NONNEGATIVE,
+    "weight_lr_power": NONNEGATIVE,
 }
 
 
@@ -123,10 +126,28 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
     adamfx.adamax: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.adamaxw: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.radam: {**_ADAM, "threshold": 5.0, "weight_decay": 1e-4},
+    # schedule_free_adamw / schedule_free_sgd
+    adamfx.schedule_free_adamw: {
+        **{name: _ADAM[name] for name in ("b1", "b2", "eps", "decay")},
+        "learning_rate": 0.0025,
+        "warmup_steps": 10,
+        "weight_decay": 1e-2,
+        "weight_lr_power": 2.0,
+    },
+    adamfx.schedule_free_sgd: {
+        "learning_rate": 1.0,
+        "warmup_steps": 10,
+        "b1": 0.9,
+        "weight_decay": 1e-2,
+        "weight_lr_power": 2.0,
+        "decay": 0.0,
+    },
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
-CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {}
+CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
+    adamfx.schedule_free_sgd: ("optax", "torch"),  # schedule_free_sgd: Keras has none
+}
 
 OPTIMIZERS: tuple[Entry, ...] = tuple(
     Entry(factory, convention, hyperparams)

@@ -68,6 +68,9 @@ HYPERPARAMETERS: dict[str, Range] = {
     "threshold": Range(4.0),  # RAdam: rho_t must reach it; below 4 the rectification is imaginary
     "initial_accumulator_value": Range(),
     "ema_momentum": _FRACTION,
+    # schedule_free_adamw / schedule_free_sgd
+    "warmup_steps": Range(),  # linear warmup length (0: none); schedulefree's warmup_steps
+    "weight_lr_power": Range(),  # averaging weights lr_max^power (0: c_t = 1/t)
     # Keras's gradient options (stage fields, not state: chosen once per recipe); 0 is refused by the stages.
     "clipnorm": Range(),
     "clipvalue": Range(),
