@@ -124,6 +124,7 @@ def sma_lengths(one_minus_b2, count):
 class Rectify(Normalize):
     threshold: float
     inclusive: bool
+    degenerate_to_sgd: bool = True
 
     def init(self, params):
         state = super().init(params)
@@ -138,12 +139,21 @@ class Rectify(Normalize):
         tractable = rho_t >= threshold if self.inclusive else rho_t > threshold
 
         def leaf(n, m):
-            return jnp.where(tractable, scalar_like(r, n) * n, m.astype(n.dtype))
+            fallback = m.astype(n.dtype) if self.degenerate_to_sgd else jnp.zeros_like(n)
+            return jnp.where(tractable, scalar_like(r, n) * n, fallback)
 
         return jax.tree.map(leaf, normalized, moments.mu), state
 
 
-def rectify(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "corrected", threshold=5.0, inclusive=True):
+def rectify(
+    eps: float = 1e-8,
+    *,
+    eps_root: float = 0.0,
+    eps_on: str = "corrected",
+    threshold=5.0,
+    inclusive=True,
+    degenerate_to_sgd: bool = True,
+):
     """RAdam's rectified step (Liu et al., 2020, Alg. 2).
 
     With ``rho_inf = 2 / (1 - b2) - 1`` and ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``
@@ -152,10 +162,11 @@ def rectify(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "correcte
         r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
         u_t = r_t m^_t / (sqrt(v^_t) + eps)   if rho_t >= threshold (inclusive) or > threshold
         u_t = m^_t                            otherwise (plain momentum SGD)
+        u_t = 0                               otherwise, with degenerate_to_sgd=False (adabelief-pytorch)
 
     ``eps``, ``eps_root`` and ``eps_on`` as :func:`normalize` (PyTorch adds eps
     to the raw ``sqrt(v)``: ``eps_on="raw"``). PyTorch takes ``rho_t > 5``,
     optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
     """
     checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    return Rectify(eps, eps_root, eps_on, threshold, bool(inclusive)).transform()
+    return Rectify(eps, eps_root, eps_on, threshold, bool(inclusive), bool(degenerate_to_sgd)).transform()
