@@ -107,9 +107,7 @@ def test_matches_peer(case, convention, dtype):
     expected = peer_trajectory(case, convention, problem, dtype)
     actual = peers.run_transform(ours(CASES[case][0], convention), problem, STEPS, dtype)
     assert np.max(np.abs(expected[-1] - expected[0])) > 0.1, "the problem must move the params"
-    peers.assert_matches_peer(
-        actual, expected, dtype, lambda: peer_trajectory(case, convention, problem, np.float64)
-    )
+    peers.assert_matches_peer(actual, expected, dtype, lambda: peer_trajectory(case, convention, problem, np.float64))
 
 
 def test_torch_defaults_are_the_convention():

@@ -87,7 +87,9 @@ class NormalizeByPrevious(_OneMoment):
             # v_1 = |g_1|^2, then v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
             decay, weight = jnp.where(first, 0, 1 - c), jnp.where(first, 1, c)
             default = default_dtype_of(g.real, like)
-            _, kept = self.storage.accumulate(record, g, power=2, decay=decay, weight=weight, default_dtype=default, key=key)
+            _, kept = self.storage.accumulate(
+                record, g, power=2, decay=decay, weight=weight, default_dtype=default, key=key
+            )
             return jnp.where(first, jnp.zeros_like(n), n).astype(like.dtype), kept
 
         return self._map(leaf, updates, state)
