@@ -7,10 +7,9 @@ from typing import Any, NamedTuple
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.stages.belief import scale_by_belief
+from adamfx._src.stages.belief import belief_normalize, belief_rectify, scale_by_belief
 from adamfx._src.stages.corrections import nesterov_momentum
-from adamfx._src.stages.corrections import rectify as rectified_step
-from adamfx._src.stages.moments import bias_correction, max_nu, normalize
+from adamfx._src.stages.moments import bias_correction, max_nu
 
 
 class AdaBeliefConvention(NamedTuple):
@@ -42,7 +41,7 @@ def adabelief(
     eps: float | None = None,
     *,
     eps_root: float | None = None,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     rectify: bool | None = None,
@@ -102,8 +101,9 @@ def adabelief(
       b1, b2: decay rates of ``m`` and ``s``, in [0, 1).
       eps: added to the root in the denominator; ``None`` takes the convention's default.
       eps_root: added to ``s_t`` every step (kept in the state); ``None`` takes the convention's.
-      weight_decay, weight_decay_mask, decoupled: decoupled (``p -= lr_t wd p``) in both conventions unless
-        ``decoupled=False`` (coupled L2, ``g += wd p``).
+      weight_decay: a number or a schedule; ``None`` or 0: none. Decoupled (``p -= lr_t wd p``) in both
+        conventions unless ``decoupled=False`` (coupled L2, ``g += wd p``).
+      weight_decay_mask, decoupled: as :func:`adamfx.adam`.
       rectify: RAdam's rectified step (``None``: the convention's default).
       degenerated_to_sgd: with ``rectify``, take ``lr_t m^_t`` while ``rho_t < 5`` (else no step).
       amsgrad: keep the running maximum of ``s``.
@@ -121,13 +121,15 @@ def adabelief(
     Array([-0.00111111,  0.00111111], dtype=float32)
     """
     conv = conventions.lookup(ADABELIEF_CONVENTIONS, convention)
-    conventions.require("adabelief", b1=b1, b2=b2)
+    conventions.require("adabelief", learning_rate=learning_rate, b1=b1, b2=b2)
     eps = conventions.pick(eps, conv.eps)
     eps_root = conventions.pick(eps_root, conventions.pick(conv.eps_root, eps))
     rectified = conventions.pick(rectify, conv.rectify)
     maximum = [max_nu(nu_dtype=nu_dtype)] if amsgrad and (conv.amsgrad_rectified or not rectified) else []
-    sgd = degenerated_to_sgd
-    final = rectified_step(eps, eps_on=conv.rectified_eps_on, degenerate_to_sgd=sgd) if rectified else normalize(eps)
+    if rectified:  # RAdam's step on the belief
+        final = belief_rectify(eps, eps_on=conv.rectified_eps_on, degenerate_to_sgd=degenerated_to_sgd)
+    else:
+        final = belief_normalize(eps)
     return conventions.finish(
         [
             scale_by_belief(b1, b2, eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype),

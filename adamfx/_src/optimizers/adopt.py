@@ -36,7 +36,7 @@ def adopt(
     use_clipping: bool = True,
     clip_value_fn: Callable[[Any], Any] | None = None,
     nesterov: bool = False,
-    weight_decay: Any = 0.0,
+    weight_decay: Any = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     cautious: bool = False,
@@ -90,7 +90,8 @@ def adopt(
       clip_value_fn: ``index -> clip value`` (jnp-traceable; gets an int32 array);
         ``None``: ``index ** 0.25`` (:func:`adamfx.quarter_power`).
       nesterov: optax's look-ahead ``b1 m_t + (1 - b1) n_t``.
-      weight_decay, weight_decay_mask, decoupled: weight decay, coupled or decoupled as the convention says.
+      weight_decay: a number or a schedule; ``None`` or 0: none. Coupled or decoupled as the convention says.
+      weight_decay_mask, decoupled: as :func:`adamfx.adam`.
       cautious: Cautious masking of the update (Liang et al., 2024).
       decay, maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor, convention: as :func:`adamfx.adam`.
       mu_dtype, nu_dtype: storage of ``m`` and ``v`` (see :func:`adamfx.adam`).
@@ -107,7 +108,7 @@ def adopt(
     (Array([-0., -0.], dtype=float32), Array([-0.1 , -0.05], dtype=float32))
     """
     conv = conventions.lookup(ADOPT_CONVENTIONS, convention)
-    conventions.require("adopt", b1=b1, b2=b2, eps=eps)
+    conventions.require("adopt", learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
     if cautious:
         raise NotImplementedError("adopt(cautious=True) needs the Cautious mask stage, not merged yet.")
     fn = quarter_power if clip_value_fn is None else clip_value_fn

@@ -26,7 +26,8 @@ import optax
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.numerics import abs_sq, compute_dtype, scalar_like
-from adamfx._src.stages.moments import Moments, MomentsState, ScaleByMoments
+from adamfx._src.stages.corrections import Rectify
+from adamfx._src.stages.moments import EPS_PLACEMENTS, Moments, MomentsState, Normalize, ScaleByMoments
 from adamfx._src.storage.protocol import default_dtype_of, map_stored, parameter_shaped, resolve_storage, stream_of
 
 
@@ -38,8 +39,9 @@ class ScaleByBelief(ScaleByMoments):
         return {**super().hyperparameters(), "eps_root": self.eps_root}
 
     def init(self, params):
-        state = super().init(params)
-        return state._replace(hyperparams={**state.hyperparams, **hp.as_arrays(eps_root=self.eps_root)})
+        state = super().init(params)  # (b1, b2 as complements: ScaleByMoments.init reads our hyperparameters())
+        rates = {name: value for name, value in state.hyperparams.items() if name != hp.COMPLEMENT + "eps_root"}
+        return state._replace(hyperparams={**rates, **hp.as_arrays(eps_root=self.eps_root)})
 
     def update(self, grads, state, params=None, **extra_args):
         for storage, stored in ((self.mu_storage, state.mu), (self.nu_storage, state.nu)):
@@ -81,3 +83,42 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, *, eps_root: float = 0.0
     mu_storage = resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     return ScaleByBelief(b1, b2, mu_storage, nu_storage, eps_root=eps_root).transform()
+
+
+class _EpsRootInBelief:
+    """Mixin for the stage that divides by ``sqrt(s^)``: ``eps_root`` already sits in ``s_t``, so this stage keeps
+    no ``eps_root`` of its own (one name, one value: ``set_hyperparams(eps_root=...)`` moves the belief's)."""
+
+    def hyperparameters(self):
+        return {name: value for name, value in super().hyperparameters().items() if name != "eps_root"}
+
+    def init(self, params):
+        state = super().init(params)
+        return state._replace(hyperparams={k: v for k, v in state.hyperparams.items() if k != "eps_root"})
+
+    def update(self, moments, state, params=None, **extra_args):
+        full = {**state.hyperparams, "eps_root": jnp.zeros_like(state.hyperparams["eps"])}
+        updates, _ = super().update(moments, state._replace(hyperparams=full), params)
+        return updates, state
+
+
+@dataclasses.dataclass(frozen=True)
+class BeliefNormalize(_EpsRootInBelief, Normalize):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class BeliefRectify(_EpsRootInBelief, Rectify):
+    pass
+
+
+def belief_normalize(eps: float, *, eps_on: str = "corrected"):
+    """:func:`normalize` (``m^ / (sqrt(s^) + eps)``) after :func:`scale_by_belief`, with no ``eps_root`` of its own."""
+    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
+    return BeliefNormalize(eps, 0.0, eps_on).transform()
+
+
+def belief_rectify(eps: float, *, eps_on: str, degenerate_to_sgd: bool = True, threshold: float = 5.0):
+    """:func:`rectify` (RAdam's step, ``rho_t >= threshold``) after :func:`scale_by_belief`, without an ``eps_root``."""
+    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
+    return BeliefRectify(eps, 0.0, eps_on, threshold, True, bool(degenerate_to_sgd)).transform()
