@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
@@ -19,7 +21,7 @@ class AdaBeliefConvention(NamedTuple):
     eps: float
     eps_root: float | None  # added to the stored s_t; None: the same as eps (adabelief-pytorch adds eps there too)
     rectify: bool  # default of rectify
-    rectified_eps_on: str  # the rectified step adds eps to sqrt(s^) ("corrected") or to sqrt(s) ("raw")
+    rectified_eps_placement: str  # the rectified step's eps: on sqrt(s^) ("outside") or on sqrt(s) ("outside_raw")
     amsgrad_on: str  # AMSGrad maxes the raw s ("raw", before bias_correction) or the corrected s^ ("corrected")
     amsgrad_rectified: bool  # the rectified step reads the running maximum (adabelief-pytorch's reads s_t)
     weight_decay: str  # "coupled" L2 or "decoupled"
@@ -28,35 +30,29 @@ class AdaBeliefConvention(NamedTuple):
 ADABELIEF_CONVENTIONS = {
     # optax.adabelief has no default lr, rectification, AMSGrad or weight decay: RAdam's and AMSGrad's optax
     # forms (eps on sqrt(s^), the max of s^), weight decay as optax.adamw does it.
-    "optax": AdaBeliefConvention(1e-3, 1e-16, 1e-16, False, "corrected", "corrected", True, "decoupled"),
-    "torch": AdaBeliefConvention(1e-3, 1e-16, None, True, "raw", "raw", False, "decoupled"),
+    "optax": AdaBeliefConvention(1e-3, 1e-16, 1e-16, False, "outside", "corrected", True, "decoupled"),
+    "torch": AdaBeliefConvention(1e-3, 1e-16, None, True, "outside_raw", "raw", False, "decoupled"),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def adabelief(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
     eps_root: float | None = None,
-    weight_decay: Any = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
+    weight_decay: ScalarOrSchedule | None = None,
     rectify: bool | None = None,
     degenerated_to_sgd: bool = True,
     amsgrad: bool = False,
     nesterov: bool = False,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""AdaBelief (Zhuang et al., 2020, "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
     Gradients", NeurIPS, Alg. 2).
@@ -127,7 +123,7 @@ def adabelief(
     rectified = conventions.pick(rectify, conv.rectify)
     maximum = [max_nu(nu_dtype=nu_dtype)] if amsgrad and (conv.amsgrad_rectified or not rectified) else []
     if rectified:  # RAdam's step on the belief
-        final = belief_rectify(eps, eps_on=conv.rectified_eps_on, degenerate_to_sgd=degenerated_to_sgd)
+        final = belief_rectify(eps, eps_placement=conv.rectified_eps_placement, degenerate_to_sgd=degenerated_to_sgd)
     else:
         final = belief_normalize(eps)
     return conventions.finish(
@@ -140,13 +136,6 @@ def adabelief(
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

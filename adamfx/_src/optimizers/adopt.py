@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
@@ -27,8 +29,9 @@ ADOPT_CONVENTIONS = {
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def adopt(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.9999,
     eps: float = 1e-6,
@@ -36,19 +39,12 @@ def adopt(
     use_clipping: bool = True,
     clip_value_fn: Callable[[Any], Any] | None = None,
     nesterov: bool = False,
-    weight_decay: Any = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
+    weight_decay: ScalarOrSchedule | None = None,
     cautious: bool = False,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""ADOPT (Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any b2 with the Optimal Rate",
     NeurIPS, Alg. 2 with the clipping of Sec. 5).
@@ -121,13 +117,6 @@ def adopt(
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

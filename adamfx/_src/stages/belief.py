@@ -27,7 +27,8 @@ from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.numerics import abs_sq, compute_dtype, scalar_like
 from adamfx._src.stages.corrections import Rectify
-from adamfx._src.stages.moments import EPS_PLACEMENTS, Moments, MomentsState, Normalize, ScaleByMoments
+from adamfx._src.stages.eps import EpsPlacement
+from adamfx._src.stages.moments import Moments, MomentsState, Normalize, ScaleByMoments
 from adamfx._src.storage.protocol import default_dtype_of, map_stored, parameter_shaped, resolve_storage, stream_of
 
 
@@ -112,13 +113,11 @@ class BeliefRectify(_EpsRootInBelief, Rectify):
     pass
 
 
-def belief_normalize(eps: float, *, eps_on: str = "corrected"):
+def belief_normalize(eps: float, *, eps_placement: EpsPlacement = "outside"):
     """:func:`normalize` (``m^ / (sqrt(s^) + eps)``) after :func:`scale_by_belief`, with no ``eps_root`` of its own."""
-    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    return BeliefNormalize(eps, 0.0, eps_on).transform()
+    return BeliefNormalize(eps, 0.0, eps_placement).transform()
 
 
-def belief_rectify(eps: float, *, eps_on: str, degenerate_to_sgd: bool = True, threshold: float = 5.0):
-    """:func:`rectify` (RAdam's step, ``rho_t >= threshold``) after :func:`scale_by_belief`, without an ``eps_root``."""
-    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    return BeliefRectify(eps, 0.0, eps_on, threshold, True, bool(degenerate_to_sgd)).transform()
+def belief_rectify(eps: float, *, eps_placement: EpsPlacement, degenerate_to_sgd: bool = True, threshold: float = 5.0):
+    """:func:`rectify` (RAdam's step, ``rho_t >= threshold``) after :func:`scale_by_belief`, with no ``eps_root``."""
+    return BeliefRectify(eps, 0.0, eps_placement, threshold, True, bool(degenerate_to_sgd)).transform()

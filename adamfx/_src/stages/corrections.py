@@ -17,11 +17,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
 from adamfx._src.core.numerics import compute_dtype, scalar_like
-from adamfx._src.stages.moments import EPS_PLACEMENTS, BiasCorrection, Normalize, NormalizeState, one_minus_power
+from adamfx._src.stages.eps import EpsPlacement
+from adamfx._src.stages.moments import BiasCorrection, Normalize, NormalizeState, one_minus_power
 from adamfx._src.stages.moments import _require_moments as require_moments
 
 
@@ -149,9 +149,9 @@ def rectify(
     eps: float = 1e-8,
     *,
     eps_root: float = 0.0,
-    eps_on: str = "corrected",
-    threshold=5.0,
-    inclusive=True,
+    eps_placement: EpsPlacement = "outside",
+    threshold: float = 5.0,
+    inclusive: bool = True,
     degenerate_to_sgd: bool = True,
 ):
     """RAdam's rectified step (Liu et al., 2020, Alg. 2).
@@ -164,9 +164,8 @@ def rectify(
         u_t = m^_t                            otherwise (plain momentum SGD)
         u_t = 0                               otherwise, with degenerate_to_sgd=False (adabelief-pytorch)
 
-    ``eps``, ``eps_root`` and ``eps_on`` as :func:`normalize` (PyTorch adds eps
-    to the raw ``sqrt(v)``: ``eps_on="raw"``). PyTorch takes ``rho_t > 5``,
+    ``eps``, ``eps_root`` and ``eps_placement`` as :func:`normalize` (PyTorch adds eps
+    to the raw ``sqrt(v)``: ``eps_placement="outside_raw"``). PyTorch takes ``rho_t > 5``,
     optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
     """
-    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    return Rectify(eps, eps_root, eps_on, threshold, bool(inclusive), bool(degenerate_to_sgd)).transform()
+    return Rectify(eps, eps_root, eps_placement, threshold, bool(inclusive), bool(degenerate_to_sgd)).transform()

@@ -29,6 +29,7 @@ from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
 from adamfx._src.core.numerics import compute_dtype, moment_dtype, real_dtype, real_moment_dtype, scalar_like
+from adamfx._src.stages import eps as eps_module
 from adamfx._src.storage.protocol import (
     Storage,
     default_dtype_of,
@@ -72,6 +73,11 @@ class NormalizeByPrevious(_OneMoment):
     b2: float
     eps: float
     storage: Storage
+    eps_placement: str = "clamp"  # max(sqrt(v_{t-1}), eps), the one placement both peers use
+
+    def __post_init__(self):
+        super().__post_init__()
+        eps_module.check_placement(self.eps_placement, ("clamp",))
 
     def init(self, params):
         return self._start(params, real_moment_dtype, **hp.as_arrays(**hp.complements(b2=self.b2), eps=self.eps))
@@ -83,7 +89,7 @@ class NormalizeByPrevious(_OneMoment):
         def leaf(record, key, g, like):
             c, e = scalar_like(c2, g), scalar_like(eps, g)
             v_prev = self.storage.decode(record, dtype=c.dtype)
-            n = g / jnp.maximum(jnp.sqrt(v_prev), e)  # n_t = g_t / max(sqrt(v_{t-1}), eps)
+            n = g / eps_module.guarded_root(v_prev, e, jnp.zeros_like(e), self.eps_placement)  # g_t / max(sqrt(v), eps)
             # v_1 = |g_1|^2, then v_t = b2 v_{t-1} + (1 - b2) |g_t|^2
             decay, weight = jnp.where(first, 0, 1 - c), jnp.where(first, 1, c)
             default = default_dtype_of(g.real, like)
