@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 from adamfx._src.core import checks
 from adamfx._src.core.base import chain
 from adamfx._src.optimizers import conventions
+from adamfx._src.stages.cautious import cautious as cautious_stage
 from adamfx._src.stages.clipping import gradient_stages
 from adamfx._src.stages.corrections import nesterov_momentum
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
@@ -21,6 +22,7 @@ class AdamConvention(NamedTuple):
     adam_weight_decay: str  # meaning of adam(weight_decay=...): "coupled" L2 or "decoupled"
     amsgrad_on: str  # which v AMSGrad maxes: "raw" v or "corrected" v^
     adamw_weight_decay: float  # default weight decay of adamw
+    cautious_rescale: str = "count"  # cautious=True: d / (nnz + 1), the paper's code (no peer has a cautious Adam)
 
 
 CONVENTIONS = {
@@ -49,6 +51,7 @@ def adam(
     decoupled: bool | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
+    cautious: bool = False,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
     maximize: bool = False,
@@ -106,6 +109,11 @@ def adam(
         ``m_t / (1 - b1^t)`` (:func:`adamfx.nesterov_momentum` with constant ``b1``). PyTorch's and
         Keras's Adam have no such option; every convention gives this same look-ahead (their Nadam,
         with its momentum schedule, is :func:`adamfx.nadam`).
+      cautious: the Cautious mask (Liang et al., 2024; :func:`adamfx.cautious`): per leaf of d elements,
+        the update ``u = m^ / (sqrt(v^) + eps)`` is kept where ``u g > 0`` and scaled by ``d / (nnz + 1)``
+        (the paper's code; pytorch-optimizer's ``cautious=True`` on its other optimizers -- it has no cautious
+        Adam), with ``g`` the gradient after a coupled L2 term; a decoupled weight decay is not masked. The
+        same rule in every convention (no peer's Adam has it). Not elementwise: :func:`adamfx.fused` rejects it.
       bias_correction_mu, bias_correction_nu: ``False`` leaves that moment uncorrected (optax's
         ``amsgrad`` options; the AMSGrad paper corrects neither). Under every convention.
       maximize: ascend the objective (PyTorch's ``maximize``): the gradient is negated first,
@@ -158,14 +166,17 @@ def adam(
         clipvalue=clipvalue,
         global_clipnorm=global_clipnorm,
     )
-    return chain(
-        *gradient,
-        *([] if decoupled else decay_weights),
+    core = [
         scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
         *amsgrad_raw,
         correction,
         *amsgrad_corrected,
         normalize(eps, eps_root=eps_root, eps_on=conv.eps_on),
+    ]
+    return chain(
+        *gradient,
+        *([] if decoupled else decay_weights),
+        *([cautious_stage(*core, rescale=conv.cautious_rescale)] if cautious else core),
         *(decay_weights if decoupled else []),
         lr_decay(learning_rate, decay),
     )
@@ -184,6 +195,7 @@ def adamw(
     weight_decay_mask: Any = None,
     amsgrad: bool = False,
     nesterov: bool = False,
+    cautious: bool = False,
     maximize: bool = False,
     clipnorm: float | None = None,
     clipvalue: float | None = None,
@@ -202,7 +214,7 @@ def adamw(
     ``"keras"`` (``keras.optimizers.AdamW``). ``weight_decay`` may be a schedule
     ``count -> weight_decay`` (optax's ``adamw``). ``nesterov=True`` is optax's
     ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`
-    (optax's ``mask`` is ``weight_decay_mask``).
+    (optax's ``mask`` is ``weight_decay_mask``); ``cautious=True`` masks the Adam part, not the decay.
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
@@ -221,6 +233,7 @@ def adamw(
         decoupled=True,
         amsgrad=amsgrad,
         nesterov=nesterov,
+        cautious=cautious,
         maximize=maximize,
         clipnorm=clipnorm,
         clipvalue=clipvalue,
