@@ -23,6 +23,7 @@ from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.sgd import sgd
 from adamfx._src.stages.belief import scale_by_belief  # adabelief, adopt (issue 12)
+from adamfx._src.stages.cautious import cautious, cautious_mask
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
 from adamfx._src.stages.decorrelated import (  # adabelief, adopt (issue 12)
@@ -71,6 +72,8 @@ __all__ = [
     "apply_if_finite",
     "bias_correction",
     "bytes_per_device",
+    "cautious",
+    "cautious_mask",
     "center",
     "chain",
     "check_compatible",
