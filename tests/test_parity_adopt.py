@@ -8,7 +8,9 @@ The peers differ in the index handed to the clipping schedule (optax: the steps
 taken before, ``t - 1``; pytorch-optimizer: the step ``t``) and in weight decay
 (optax has none: its cases are optax chains with ``add_decayed_weights``;
 pytorch-optimizer's is coupled unless ``weight_decouple=True``); only optax has
-``nesterov``. The ``clip_fn`` cases hand both a schedule of their own.
+``nesterov``, only pytorch-optimizer ``cautious`` (its mask compares the momentum with the
+normalised, clipped gradient; ours with the raw one, which has the same signs). The
+``clip_fn`` cases hand both a schedule of their own.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ CASES: Mapping[str, tuple[dict[str, Any], tuple[str, ...], bool]] = {
     "clip_fn": ({"clip_value_fn": linear_clip, "b2": 0.99}, ("optax", "torch"), False),
     "nesterov": ({"nesterov": True}, ("optax",), False),
     "all_optax": ({"nesterov": True, "weight_decay": WD, "schedule": True, "b2": 0.999}, ("optax",), True),
-    "all_torch": ({"weight_decay": WD, "schedule": True, "b2": 0.999}, ("torch",), True),
+    "cautious": ({"cautious": True}, ("torch",), False),
+    "cautious_decoupled": ({"cautious": True, "weight_decay": WD, "decoupled": True}, ("torch",), False),
+    "all_torch": ({"weight_decay": WD, "schedule": True, "b2": 0.999, "cautious": True}, ("torch",), True),
 }
 
 
@@ -201,9 +205,10 @@ def test_storages_follow_float32(nu_dtype):
         np.testing.assert_allclose(params[k], reference[k], atol=0.05)
 
 
-def test_fused_rejects_factored():
-    with pytest.raises(ValueError, match="elementwise|factored"):
-        adamfx.fused(adamfx.adopt(nu_dtype="factored"))
+@pytest.mark.parametrize("kwargs", [{"nu_dtype": "factored"}, {"cautious": True}], ids=["factored", "cautious"])
+def test_fused_rejects_per_leaf_reductions(kwargs):
+    with pytest.raises(ValueError, match="elementwise"):
+        adamfx.fused(adamfx.adopt(**kwargs))
 
 
 def test_hyperparameters_live_in_the_state():

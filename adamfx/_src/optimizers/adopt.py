@@ -10,6 +10,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
+from adamfx._src.stages.cautious import cautious as cautious_stage
 from adamfx._src.stages.decorrelated import clip_by_step, moving_average, normalize_by_previous, quarter_power
 
 
@@ -19,6 +20,7 @@ class AdoptConvention(NamedTuple):
     learning_rate: float
     clip_first_index: int  # the index handed to clip_value_fn at step 1: steps taken before (0) or the step (1)
     weight_decay: str  # "coupled" L2 or "decoupled"
+    cautious_rescale: str = "count"  # cautious=True: d / (nnz + 1) (pytorch-optimizer's apply_cautious; optax has none)
 
 
 ADOPT_CONVENTIONS = {
@@ -88,7 +90,10 @@ def adopt(
       nesterov: optax's look-ahead ``b1 m_t + (1 - b1) n_t``.
       weight_decay: a number or a schedule; ``None`` or 0: none. Coupled or decoupled as the convention says.
       weight_decay_mask, decoupled: as :func:`adamfx.adam`.
-      cautious: Cautious masking of the update (Liang et al., 2024).
+      cautious: the Cautious mask (Liang et al., 2024; :func:`adamfx.cautious`) around the core: per leaf of d
+        elements, ``m`` is kept where ``m g > 0`` and scaled by ``d / (nnz + 1)``, as pytorch-optimizer's
+        ``ADOPT(cautious=True)`` (it compares with the normalised, clipped gradient, which has g's signs).
+        Decoupled weight decay and the learning rate are not masked; not elementwise, so not ``fused``.
       decay, maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor, convention: as :func:`adamfx.adam`.
       mu_dtype, nu_dtype: storage of ``m`` and ``v`` (see :func:`adamfx.adam`).
 
@@ -105,16 +110,15 @@ def adopt(
     """
     conv = conventions.lookup(ADOPT_CONVENTIONS, convention)
     conventions.require("adopt", learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
-    if cautious:
-        raise NotImplementedError("adopt(cautious=True) needs the Cautious mask stage, not merged yet.")
     fn = quarter_power if clip_value_fn is None else clip_value_fn
     clip = [clip_by_step(fn, first_index=conv.clip_first_index)] if use_clipping else []
+    core = [
+        normalize_by_previous(b2, eps, nu_dtype=nu_dtype),
+        *clip,
+        moving_average(b1, nesterov=nesterov, mu_dtype=mu_dtype),
+    ]
     return conventions.finish(
-        [
-            normalize_by_previous(b2, eps, nu_dtype=nu_dtype),
-            *clip,
-            moving_average(b1, nesterov=nesterov, mu_dtype=mu_dtype),
-        ],
+        [cautious_stage(*core, rescale=conv.cautious_rescale)] if cautious else core,
         conv,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
