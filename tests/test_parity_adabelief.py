@@ -190,7 +190,7 @@ PARAMS_TREE = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.linspace
 BIG_TREE = {**PARAMS_TREE, "w": jnp.linspace(-1.0, 1.0, 64 * 80).reshape(64, 80)}  # int8 quantizes >= 4096 elements
 
 
-@pytest.mark.parametrize("convention", ["optax", "torch"])
+@pytest.mark.parametrize("convention", [pytest.param("optax", marks=pytest.mark.slow), "torch"])
 def test_fused_is_the_same(convention):
     tx = adamfx.adabelief(1e-2, amsgrad=True, weight_decay=1e-2, convention=convention)
     expected, _ = run(tx, PARAMS_TREE)
@@ -199,7 +199,11 @@ def test_fused_is_the_same(convention):
         np.testing.assert_allclose(actual[k], expected[k], rtol=2e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("nu_dtype", [jnp.bfloat16, "int8", "factored"])
+SLOW = pytest.mark.slow
+STORAGES = [jnp.bfloat16, "int8", "factored"]
+
+
+@pytest.mark.parametrize("nu_dtype", [x if x == "int8" else pytest.param(x, marks=SLOW) for x in STORAGES])
 def test_storages_follow_float32(nu_dtype):
     """s_t kept in bf16, int8 or factored: stored in that form, and the run stays near the float32 one."""
     tx = adamfx.adabelief(1e-2, rectify=False, nu_dtype=nu_dtype, mu_dtype=jnp.bfloat16, convention="torch")
