@@ -51,6 +51,8 @@ class StoredMomentState(NamedTuple):
 class _OneMoment(Stage):
     """A stage that keeps one moment in ``self.storage``, from 0, with the step count."""
 
+    storage: Storage
+
     @property
     def elementwise(self) -> bool:
         return self.storage.elementwise
@@ -72,7 +74,6 @@ class _OneMoment(Stage):
 class NormalizeByPrevious(_OneMoment):
     b2: float
     eps: float
-    storage: Storage
     eps_placement: str = "clamp"  # max(sqrt(v_{t-1}), eps), the one placement both peers use
 
     def __post_init__(self):
@@ -109,7 +110,7 @@ def normalize_by_previous(b2: float = 0.9999, eps: float = 1e-6, *, nu_dtype=Non
     out. State: ``count``, ``moment`` (= v), hyperparameters ``b2``, ``eps``.
     Used by :func:`adamfx.adopt`.
     """
-    return NormalizeByPrevious(b2, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()
+    return NormalizeByPrevious(resolve_storage(nu_dtype, "nu_dtype", nonnegative=True), b2, eps).transform()
 
 
 def quarter_power(step: jax.Array) -> jax.Array:
@@ -157,7 +158,6 @@ def clip_by_step(clip_value_fn: Callable[[jax.Array], Any] = quarter_power, *, f
 class MovingAverage(_OneMoment):
     b1: float
     nesterov: bool
-    storage: Storage
 
     def init(self, params):
         return self._start(params, moment_dtype, **hp.as_arrays(**hp.complements(b1=self.b1)))
@@ -182,4 +182,4 @@ def moving_average(b1: float = 0.9, *, nesterov: bool = False, mu_dtype=None):
     (optax's ``adopt(nesterov=True)``). Stored as ``mu_dtype``. State: ``count``,
     ``moment`` (= m), hyperparameter ``b1``. Used by :func:`adamfx.adopt`.
     """
-    return MovingAverage(b1, bool(nesterov), resolve_storage(mu_dtype, "mu_dtype")).transform()
+    return MovingAverage(resolve_storage(mu_dtype, "mu_dtype"), b1, bool(nesterov)).transform()
