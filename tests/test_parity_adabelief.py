@@ -147,30 +147,45 @@ def test_matches_the_paper(convention):
     assert peers.max_abs_diff(actual, numpy_adabelief(problem, 200)) <= 1e-12
 
 
-def test_rectified_step_is_radams_on_the_belief():
-    """rectify=True: RAdam's r_t (rho_t >= 5) with eps on the raw root under torch, SGD steps before."""
-    problem = peers.make_problem(np.float64)
+def numpy_rectified(problem, steps, convention, amsgrad=False, b1=0.9, b2=0.999, eps=1e-16):
+    """Rectified AdaBelief in NumPy: RAdam's r_t (rho_t >= 5) on the belief s_t, SGD steps before.
+
+    ``"torch"`` (adabelief-pytorch): eps on the raw root, and its rectified step ignores AMSGrad's
+    maximum; ``"optax"`` (optax's RAdam and AMSGrad forms): eps on sqrt(s^), the maximum of s^.
+    """
     p = problem.params_in(np.float64)
-    b1, b2, eps = 0.9, 0.999, 1e-16
     m = {k: np.zeros_like(x) for k, x in p.items()}
     s = {k: np.zeros_like(x) for k, x in p.items()}
+    s_max = {k: np.zeros_like(x) for k, x in p.items()}
     rows = []
     rho_inf = 2 / (1 - b2) - 1
-    for t in range(1, 31):
+    for t in range(1, steps + 1):
         g = problem.grad(p, t - 1)
         rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
         for k in p:
             m[k] = b1 * m[k] + (1 - b1) * g[k]
             s[k] = b2 * s[k] + (1 - b2) * (g[k] - m[k]) ** 2 + eps
-            m_hat = m[k] / (1 - b1**t)
+            m_hat, s_hat = m[k] / (1 - b1**t), s[k] / (1 - b2**t)
+            if amsgrad and convention == "optax":
+                s_max[k] = s_hat = np.maximum(s_max[k], s_hat)
+            guard = eps / math.sqrt(1 - b2**t) if convention == "torch" else eps
             if rho >= 5:
                 r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-                p[k] = p[k] - LR * r * m_hat / (np.sqrt(s[k] / (1 - b2**t)) + eps / math.sqrt(1 - b2**t))
+                p[k] = p[k] - LR * r * m_hat / (np.sqrt(s_hat) + guard)
             else:
                 p[k] = p[k] - LR * m_hat
         rows.append(peers.flatten(p))
-    actual = peers.run_transform(adamfx.adabelief(LR, convention="torch"), problem, 30, np.float64)
-    assert peers.max_abs_diff(actual, np.stack(rows)) <= 1e-12
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("convention", ["optax", "torch"])
+def test_rectified_step_is_radams_on_the_belief(convention, amsgrad):
+    """rectify=True, also where no peer has it (optax): the NumPy transcription of each convention's row."""
+    problem = peers.make_problem(np.float64)
+    tx = adamfx.adabelief(LR, eps_root=1e-16, rectify=True, amsgrad=amsgrad, convention=convention)
+    actual = peers.run_transform(tx, problem, 150, np.float64)
+    assert peers.max_abs_diff(actual, numpy_rectified(problem, 150, convention, amsgrad)) <= 1e-12
 
 
 def grads_at(params, t):
