@@ -13,16 +13,26 @@ from adamfx._src.core.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.execution.flat import flat_params
 from adamfx._src.execution.fused import fused
 from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state_shardings
+from adamfx._src.optimizers.adabelief import adabelief  # adabelief, adopt (issue 12)
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
+from adamfx._src.optimizers.adopt import adopt  # adabelief, adopt (issue 12)
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.schedule_free import schedule_free_adamw, schedule_free_sgd
 from adamfx._src.optimizers.sgd import sgd
+from adamfx._src.stages.belief import scale_by_belief  # adabelief, adopt (issue 12)
+from adamfx._src.stages.cautious import cautious, cautious_mask
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
+from adamfx._src.stages.decorrelated import (  # adabelief, adopt (issue 12)
+    clip_by_step,
+    moving_average,
+    normalize_by_previous,
+    quarter_power,
+)
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
@@ -53,6 +63,7 @@ __all__ = [
     "Stage",
     "Storage",
     "accumulate_squares",
+    "adabelief",
     "adadelta",
     "adagrad",
     "adam",
@@ -60,15 +71,19 @@ __all__ = [
     "adamaxw",
     "adamw",
     "add_decayed_weights",
+    "adopt",
     "amsgrad",
     "apply_if_finite",
     "bias_correction",
     "bytes_per_device",
+    "cautious",
+    "cautious_mask",
     "center",
     "chain",
     "check_compatible",
     "clip_by_global_norm",
     "clip_by_norm_per_leaf",
+    "clip_by_step",
     "clip_by_value",
     "decay_before_step",
     "decoupled_weight_decay",
@@ -83,17 +98,21 @@ __all__ = [
     "lr_decay",
     "masked",
     "max_nu",
+    "moving_average",
     "multi_steps",
     "nadam",
     "nadamw",
     "negate",
     "nesterov_momentum",
     "normalize",
+    "normalize_by_previous",
     "partition",
+    "quarter_power",
     "radam",
     "rectify",
     "restore_state",
     "rmsprop",
+    "scale_by_belief",
     "scale_by_moments",
     "schedule_free",
     "schedule_free_adamw",

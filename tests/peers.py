@@ -139,7 +139,7 @@ def _torch():
 def run_torch(
     name: str, kwargs: Mapping[str, Any], problem: Problem, steps: int, dtype=np.float64, scheduler=None
 ) -> np.ndarray:
-    """Trajectory of `torch.optim.<name>(params, **kwargs)`.
+    """Trajectory of `torch.optim.<name>(params, **kwargs)` (`name` may be an optimizer class instead).
 
     `scheduler` is None, ("exponential", gamma) -> ExponentialLR or
     ("lambda", fn) -> LambdaLR (fn gets the step index from 0); it is stepped
@@ -165,7 +165,8 @@ def _torch_default_dtype(torch, dtype):
 def _run_torch(torch, name, kwargs, problem, steps, dtype, scheduler):
     keys = sorted(problem.init_params)
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in problem.params_in(dtype).items()}
-    opt = getattr(torch.optim, name)([tensors[k] for k in keys], **kwargs)
+    cls = getattr(torch.optim, name) if isinstance(name, str) else name  # or a peer package's optimizer class
+    opt = cls([tensors[k] for k in keys], **kwargs)
     sched = TORCH_SCHEDULERS[scheduler[0]](opt, scheduler[1]) if scheduler else None
 
     def update(state, grads):

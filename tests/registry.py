@@ -142,11 +142,17 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
         "weight_lr_power": 2.0,
         "decay": 0.0,
     },
+    # adabelief, adopt (issue 12)
+    adamfx.adabelief: {**_ADAM, "eps": 1e-16, "eps_root": 1e-16, "weight_decay": 1e-4},
+    adamfx.adopt: {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.9999, "eps": 1e-6, "decay": 0.0, "weight_decay": 1e-4},
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
 CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
     adamfx.schedule_free_sgd: ("optax", "torch"),  # schedule_free_sgd: Keras has none
+    # adabelief, adopt (issue 12)
+    adamfx.adabelief: ("optax", "torch"),
+    adamfx.adopt: ("optax", "torch"),
 }
 
 OPTIMIZERS: tuple[Entry, ...] = tuple(

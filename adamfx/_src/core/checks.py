@@ -71,6 +71,8 @@ HYPERPARAMETERS: dict[str, Range] = {
     # schedule_free_adamw / schedule_free_sgd
     "warmup_steps": Range(),  # linear warmup length (0: none); schedulefree's warmup_steps
     "weight_lr_power": Range(),  # averaging weights lr_max^power (0: c_t = 1/t)
+    # lion / cautious
+    "cautious_factor": _FRACTION,  # lion-pytorch: weight of the masked-out components (0 drops them)
     # Keras's gradient options (stage fields, not state: chosen once per recipe); 0 is refused by the stages.
     "clipnorm": Range(),
     "clipvalue": Range(),

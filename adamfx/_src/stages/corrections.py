@@ -124,6 +124,7 @@ def sma_lengths(one_minus_b2, count):
 class Rectify(Normalize):
     threshold: float
     inclusive: bool
+    degenerate_to_sgd: bool = True
 
     def init(self, params):
         state = super().init(params)
@@ -138,7 +139,8 @@ class Rectify(Normalize):
         tractable = rho_t >= threshold if self.inclusive else rho_t > threshold
 
         def leaf(n, m):
-            return jnp.where(tractable, scalar_like(r, n) * n, m.astype(n.dtype))
+            fallback = m.astype(n.dtype) if self.degenerate_to_sgd else jnp.zeros_like(n)
+            return jnp.where(tractable, scalar_like(r, n) * n, fallback)
 
         return jax.tree.map(leaf, normalized, moments.mu), state
 
@@ -150,6 +152,7 @@ def rectify(
     eps_placement: EpsPlacement = "outside",
     threshold: float = 5.0,
     inclusive: bool = True,
+    degenerate_to_sgd: bool = True,
 ):
     """RAdam's rectified step (Liu et al., 2020, Alg. 2).
 
@@ -159,9 +162,10 @@ def rectify(
         r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
         u_t = r_t m^_t / (sqrt(v^_t) + eps)   if rho_t >= threshold (inclusive) or > threshold
         u_t = m^_t                            otherwise (plain momentum SGD)
+        u_t = 0                               otherwise, with degenerate_to_sgd=False (adabelief-pytorch)
 
     ``eps``, ``eps_root`` and ``eps_placement`` as :func:`normalize` (PyTorch adds eps
     to the raw ``sqrt(v)``: ``eps_placement="outside_raw"``). PyTorch takes ``rho_t > 5``,
     optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
     """
-    return Rectify(eps, eps_root, eps_placement, threshold, bool(inclusive)).transform()
+    return Rectify(eps, eps_root, eps_placement, threshold, bool(inclusive), bool(degenerate_to_sgd)).transform()
