@@ -16,6 +16,7 @@ from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
+from adamfx._src.optimizers.ademamix import ademamix  # ademamix
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
@@ -54,6 +55,7 @@ __all__ = [
     "adam",
     "adamax",
     "adamaxw",
+    "ademamix",  # ademamix
     "adamw",
     "add_decayed_weights",
     "amsgrad",
