@@ -18,15 +18,18 @@ from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
 from adamfx._src.optimizers.ademamix import ademamix  # ademamix
 from adamfx._src.optimizers.nadam import nadam, nadamw
+from adamfx._src.optimizers.prodigy import prodigy  # prodigy
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.sgd import sgd
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
+from adamfx._src.stages.distance import distance_estimate  # prodigy
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.slow_ema import slow_ema  # ademamix
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -69,6 +72,7 @@ __all__ = [
     "clip_by_norm_per_leaf",
     "clip_by_value",
     "decoupled_weight_decay",
+    "distance_estimate",  # prodigy
     "ema_params",
     "exclude_bias_and_norm",
     "flat_params",
@@ -87,6 +91,7 @@ __all__ = [
     "nesterov_momentum",
     "normalize",
     "partition",
+    "prodigy",  # prodigy
     "radam",
     "rectify",
     "restore_state",
@@ -94,6 +99,7 @@ __all__ = [
     "scale_by_moments",
     "set_hyperparams",
     "sgd",
+    "slow_ema",  # ademamix
     "state_shardings",
     "sweep",
     "sweep_params",

@@ -66,6 +66,14 @@ RANGES: Mapping[str, Range] = {
     "momentum_decay": NONNEGATIVE,
     "threshold": Range(4.0),
     "initial_accumulator_value": NONNEGATIVE,
+    # ademamix and prodigy (optax.contrib, pytorch_optimizer AdEMAMix, prodigyopt Prodigy)
+    "b3": RATE,
+    "alpha": NONNEGATIVE,
+    "alpha_warmup": Range(1.0),  # a number of steps (pytorch_optimizer's t_alpha_beta3 divides by it)
+    "b3_warmup": Range(1.0),
+    "d0": NONNEGATIVE,  # prodigyopt refuses 0; adamfx keeps the sums without 1/d0, so d0 = 0 is "d stays 0"
+    "d_coef": NONNEGATIVE,
+    "growth_rate": Range(1.0),  # a multiplicative limit on d's growth per step
 }
 
 
@@ -123,10 +131,33 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
     adamfx.adamax: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.adamaxw: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.radam: {**_ADAM, "threshold": 5.0, "weight_decay": 1e-4},
+    # ademamix and prodigy
+    adamfx.ademamix: {
+        **{k: v for k, v in _ADAM.items() if k != "eps_root"},
+        "b3": 0.9999,
+        "alpha": 5.0,
+        "alpha_warmup": 100,
+        "b3_warmup": 100,
+        "weight_decay": 1e-2,
+    },
+    adamfx.prodigy: {
+        "learning_rate": 1.0,
+        "b1": 0.9,
+        "b2": 0.999,
+        "b3": 0.99,
+        "eps": 1e-8,
+        "d0": 1e-6,
+        "d_coef": 1.0,
+        "weight_decay": 1e-2,
+        "decay": 0.0,
+    },
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
-CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {}
+CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
+    adamfx.ademamix: ("optax", "torch"),  # ademamix
+    adamfx.prodigy: ("optax", "torch"),  # prodigy
+}
 
 OPTIMIZERS: tuple[Entry, ...] = tuple(
     Entry(factory, convention, hyperparams)

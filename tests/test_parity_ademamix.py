@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -215,3 +216,56 @@ def test_matches_the_paper_in_numpy():
     tx = adamfx.ademamix(LR, **kwargs, alpha_warmup=80, b3_warmup=80, convention="torch")
     actual = peers.run_transform(tx, problem, STEPS, np.float64)
     assert peers.max_abs_diff(actual, expected) <= F64_TOLERANCE
+
+
+# -- storages and fused --------------------------------------------------------------------------
+
+
+def _steps(tx, problem, steps, dtype=np.float64):
+    return peers.run_transform(tx, problem, steps, dtype)
+
+
+def test_mu_dtype_stores_both_first_moments():
+    """mu_dtype is the storage of m1 and m2 (optax's mu_dtype; it also stores v, which adamfx leaves to nu_dtype)."""
+    params = {"w": jnp.zeros((16, 512)), "b": jnp.zeros(3)}  # int8 keeps leaves under 4096 elements in float32
+    for spec, dtype in ((jnp.bfloat16, jnp.bfloat16), ("int8", jnp.uint8)):  # int8: 8-bit codes and scales
+        state = adamfx.ademamix(mu_dtype=spec, nu_dtype=jnp.bfloat16).init(params)
+        moments, slow = state[0], state[2]
+        for stored in (moments.mu, slow.m2):
+            assert jnp.dtype(dtype) in {leaf.dtype for leaf in jax.tree.leaves(stored)}  # the big leaf
+        assert moments.nu["w"].dtype == jnp.bfloat16
+
+
+STORAGE_PROBLEM = {"w": (16, 32), "b": (32,), "s": ()}
+STORAGE_KWARGS = {"alpha_warmup": 50, "b3_warmup": 50, "b3": 0.999}
+
+
+@pytest.mark.parametrize("spec", [{"mu_dtype": jnp.bfloat16}, {"mu_dtype": "int8"}])
+def test_low_precision_first_moments_stay_near_the_float32_trajectory(spec):
+    problem = peers.make_problem(np.float32, shapes=STORAGE_PROBLEM)
+    reference = _steps(adamfx.ademamix(LR, **STORAGE_KWARGS), problem, 150, np.float32)
+    low = _steps(adamfx.ademamix(LR, **STORAGE_KWARGS, **spec), problem, 150, np.float32)
+    moved = np.max(np.abs(reference[-1] - reference[0]))
+    assert moved > 0.5 and peers.max_abs_diff(low, reference) < 0.05 * moved
+
+
+def test_factored_second_moment_converges_like_the_full_one():
+    """A factored v is a model of v (the trajectory moves, as Adam's does): it must get as near the optimum."""
+    problem = peers.make_problem(np.float32, shapes=STORAGE_PROBLEM)
+    target = peers.flatten(problem.target)
+    rms = lambda tx: np.sqrt(np.mean((_steps(tx, problem, 150, np.float32)[-1] - target) ** 2))  # noqa: E731
+    full, factored = (
+        rms(adamfx.ademamix(LR, **STORAGE_KWARGS)),
+        rms(adamfx.ademamix(LR, **STORAGE_KWARGS, nu_dtype="factored")),
+    )
+    start = np.sqrt(np.mean((peers.flatten(problem.init_params) - target) ** 2))
+    assert full < 0.8 * start and factored < 1.25 * full
+
+
+def test_fused_equals_unfused():
+    problem = peers.make_problem(np.float64, shapes={"w": (3, 4), "b": (4,), "s": (), "big": (70, 70)})
+    mask = {"w": True, "b": False, "s": False, "big": True}
+    tx = adamfx.ademamix(LR, weight_decay=WD, weight_decay_mask=mask, alpha_warmup=20, b3_warmup=30, convention="torch")
+    assert peers.max_abs_diff(_steps(adamfx.fused(tx), problem, 60), _steps(tx, problem, 60)) <= 1e-14
+    with pytest.raises(ValueError, match="not elementwise"):
+        adamfx.fused(adamfx.ademamix(nu_dtype="factored"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
@@ -23,6 +25,12 @@ ADEMAMIX_CONVENTIONS = {
     "optax": AdemamixConvention(1e-3, "decoupled", 0),  # optax.contrib.ademamix has no default lr: 1e-3
     "torch": AdemamixConvention(1e-3, "coupled", 1),  # pytorch_optimizer AdEMAMix(weight_decouple=False)
 }
+
+
+def kept(weight_decay: Any) -> Any:
+    """``weight_decay`` such that ``finish`` keeps its stage even at 0 (as optax does): the state then has one
+    structure whatever the value, so ``set_hyperparams`` and ``inject_hyperparams`` can turn the decay on."""
+    return np.asarray(weight_decay) if checks.is_static_zero(weight_decay) else weight_decay
 
 
 @checks.porting_aids
@@ -105,7 +113,8 @@ def ademamix(
     -1.00050e-03
     """
     conv = conventions.lookup(ADEMAMIX_CONVENTIONS, convention)
-    conventions.require("ademamix", b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps)
+    conventions.require("ademamix", learning_rate=learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps)
+    conventions.require("ademamix", weight_decay=weight_decay)
     if cautious:
         raise NotImplementedError("ademamix(cautious=True) is not available yet.")
     return conventions.finish(
@@ -125,7 +134,7 @@ def ademamix(
         conv,
         learning_rate=learning_rate,
         decay=decay,
-        weight_decay=weight_decay,
+        weight_decay=kept(weight_decay),
         weight_decay_mask=weight_decay_mask,
         decoupled=decoupled,
         maximize=maximize,
