@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+from optax import ScalarOrSchedule
 
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
@@ -34,8 +35,9 @@ def kept(weight_decay: Any) -> Any:
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def ademamix(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
     b3: float = 0.9999,
@@ -44,19 +46,12 @@ def ademamix(
     *,
     alpha_warmup: float | None = None,
     b3_warmup: float | None = None,
-    weight_decay: Any = 0.0,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
+    weight_decay: float = 0.0,
     cautious: bool = False,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""AdEMAMix (Pagliardini, Ablin & Grangier, 2025, "The AdEMAMix Optimizer: Better, Faster, Older", Alg. 1).
 
@@ -133,13 +128,6 @@ def ademamix(
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=kept(weight_decay),
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
@@ -27,8 +29,9 @@ PRODIGY_CONVENTIONS = {
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def prodigy(
-    learning_rate: Any = 1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     b1: float = 0.9,
     b2: float = 0.999,
     b3: float | None = None,
@@ -41,16 +44,10 @@ def prodigy(
     decoupled: bool = True,
     use_bias_correction: bool | None = None,
     growth_rate: float = math.inf,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""Prodigy (Mishchenko & Defazio, 2024, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner", Alg. 4).
 
@@ -130,9 +127,9 @@ def prodigy(
         d_coef=d_coef,
         growth_rate=growth_rate,
         learning_rate=learning_rate,
-        decay=decay,
+        decay=options["decay"],
         weight_decay=weight_decay if decoupled else None,  # kept at 0 (as optax): one state structure
-        mask=weight_decay_mask if decoupled else None,
+        mask=options["weight_decay_mask"] if decoupled else None,
         safeguard_warmup=safeguard_warmup,
         bias_correction=conventions.pick(use_bias_correction, conv.bias_correction),
         mu_dtype=mu_dtype,
@@ -142,13 +139,7 @@ def prodigy(
         [core],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=None if decoupled else kept(weight_decay),
-        weight_decay_mask=weight_decay_mask,
-        decoupled=False,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        decoupled=False,  # a decoupled decay is inside distance_estimate (scaled by dlr)
+        **options,
     )
