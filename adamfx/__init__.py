@@ -22,6 +22,7 @@ from adamfx._src.optimizers.prodigy import prodigy  # prodigy
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.sgd import sgd
+from adamfx._src.stages.cautious import cautious, cautious_mask
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
 from adamfx._src.stages.distance import distance_estimate  # prodigy
@@ -65,6 +66,8 @@ __all__ = [
     "apply_if_finite",
     "bias_correction",
     "bytes_per_device",
+    "cautious",
+    "cautious_mask",
     "center",
     "chain",
     "check_compatible",

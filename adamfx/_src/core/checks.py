@@ -68,6 +68,8 @@ HYPERPARAMETERS: dict[str, Range] = {
     "threshold": Range(4.0),  # RAdam: rho_t must reach it; below 4 the rectification is imaginary
     "initial_accumulator_value": Range(),
     "ema_momentum": _FRACTION,
+    # lion / cautious
+    "cautious_factor": _FRACTION,  # lion-pytorch: weight of the masked-out components (0 drops them)
     # Keras's gradient options (stage fields, not state: chosen once per recipe); 0 is refused by the stages.
     "clipnorm": Range(),
     "clipvalue": Range(),

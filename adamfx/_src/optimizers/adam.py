@@ -9,6 +9,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
+from adamfx._src.stages.cautious import cautious as cautious_stage
 from adamfx._src.stages.corrections import nesterov_momentum
 from adamfx._src.stages.moments import bias_correction, max_nu, normalize, scale_by_moments
 
@@ -22,6 +23,7 @@ class AdamConvention(NamedTuple):
     weight_decay: str  # meaning of adam(weight_decay=...): "coupled" L2 or "decoupled"
     amsgrad_on: str  # which v AMSGrad maxes: "raw" v (max_nu before bias_correction) or "corrected" v^ (after)
     adamw_weight_decay: float  # default weight decay of adamw (and of the other "...w" optimizers)
+    cautious_rescale: str = "count"  # cautious=True: d / (nnz + 1), the paper's code (no peer has a cautious Adam)
 
 
 ADAM_CONVENTIONS = {
@@ -46,6 +48,7 @@ def adam(
     weight_decay: float | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
+    cautious: bool = False,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
     convention: str = "optax",
@@ -99,6 +102,11 @@ def adam(
         ``m_t / (1 - b1^t)`` (:func:`adamfx.nesterov_momentum` with constant ``b1``). PyTorch's and
         Keras's Adam have no such option; every convention gives this same look-ahead (their Nadam,
         with its momentum schedule, is :func:`adamfx.nadam`).
+      cautious: the Cautious mask (Liang et al., 2024; :func:`adamfx.cautious`): per leaf of d elements,
+        the update ``u = m^ / (sqrt(v^) + eps)`` is kept where ``u g > 0`` and scaled by ``d / (nnz + 1)``
+        (the paper's code; pytorch-optimizer's ``cautious=True`` on its other optimizers -- it has no cautious
+        Adam), with ``g`` the gradient after a coupled L2 term; a decoupled weight decay is not masked. The
+        same rule in every convention (no peer's Adam has it). Not elementwise: :func:`adamfx.fused` rejects it.
       bias_correction_mu, bias_correction_nu: ``False`` leaves that moment uncorrected (optax's
         ``amsgrad`` options; the AMSGrad paper corrects neither). Under every convention.
       maximize: ascend the objective (PyTorch's ``maximize``): the gradient is negated first,
@@ -139,12 +147,13 @@ def adam(
     maxed = [max_nu(nu_dtype=nu_dtype)] if amsgrad else []
     correction = nesterov_momentum(None) if nesterov else bias_correction(mu=bias_correction_mu, nu=bias_correction_nu)
     corrected = [correction, *maxed] if conv.amsgrad_on == "corrected" else [*maxed, correction]
+    core = [
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        *corrected,
+        normalize(conventions.pick(eps, conv.eps), eps_root=eps_root, eps_placement=conv.eps_placement),
+    ]
     return conventions.finish(
-        [
-            scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            *corrected,
-            normalize(conventions.pick(eps, conv.eps), eps_root=eps_root, eps_placement=conv.eps_placement),
-        ],
+        [cautious_stage(*core, rescale=conv.cautious_rescale)] if cautious else core,
         conv,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
@@ -164,6 +173,7 @@ def adamw(
     eps_root: float = 0.0,
     amsgrad: bool = False,
     nesterov: bool = False,
+    cautious: bool = False,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -178,7 +188,7 @@ def adamw(
     ``"keras"`` (``keras.optimizers.AdamW``). ``weight_decay`` may be a schedule
     ``count -> weight_decay`` (optax's ``adamw``). ``nesterov=True`` is optax's
     ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`
-    (optax's ``mask`` is ``weight_decay_mask``).
+    (optax's ``mask`` is ``weight_decay_mask``); ``cautious=True`` masks the Adam part, not the decay.
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
@@ -194,6 +204,7 @@ def adamw(
         decoupled=True,
         amsgrad=amsgrad,
         nesterov=nesterov,
+        cautious=cautious,
         convention=convention,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
