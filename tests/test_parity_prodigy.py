@@ -104,7 +104,7 @@ def ours(case: Case, convention: str, **overrides):
     return adamfx.prodigy(lr, convention=convention, **{**case.kwargs, **overrides})
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.slow)], ids=["f64", "f32"])
 @pytest.mark.parametrize(("name", "convention"), PARAMS)
 def test_matches_peer(name, convention, dtype):
     case = CASES[name]
@@ -122,15 +122,16 @@ def test_matches_peer(name, convention, dtype):
         peers.assert_matches_peer(actual, expected, dtype, exact)
 
 
+@pytest.mark.slow
 def test_growth_rate_limits_d_per_step():
     """prodigyopt's rule: d_{k+1} <= growth_rate d_k once d has left d0 (the optax convention applies it too)."""
     problem = peers.make_problem(np.float64)
     with peers.precision(np.float64):
         tx = adamfx.prodigy(growth_rate=1.05, convention="optax")
         params = {k: jnp.asarray(v) for k, v in problem.params_in(np.float64).items()}
-        state, ds = tx.init(params), []
+        state, ds, update = tx.init(params), [], jax.jit(tx.update)
         for step in range(60):
-            updates, state = tx.update(problem.grad(params, step), state, params)
+            updates, state = update(problem.grad(params, step), state, params)
             params = optax.apply_updates(params, updates)
             ds.append(float(state[0].d))
     ratios = np.array(ds[1:]) / np.array(ds[:-1])
@@ -158,6 +159,7 @@ def _run(tx, problem, steps, state=None, params=None):
     return params, state
 
 
+@pytest.mark.slow
 def test_fused_runs_the_global_sums_over_all_buffers():
     """fused(prodigy) packs the leaves into flat buffers (two groups with a mask): the sums still span all of them."""
     problem = peers.make_problem(np.float64, shapes={"w": (3, 4), "b": (4,), "s": (), "big": (70, 70)})
@@ -173,6 +175,7 @@ def test_fused_runs_the_global_sums_over_all_buffers():
         np.testing.assert_allclose(actual[k], expected[k], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_d_and_the_sums_survive_a_checkpoint_and_set_hyperparams():
     """Resuming from a saved state (d, d_max, r, s, p0) continues the trajectory exactly; set_hyperparams
     changes d_coef without recompiling and takes effect from the next step (as prodigyopt's group['d_coef'])."""
@@ -234,6 +237,7 @@ def test_matches_the_paper_in_numpy():
 
 
 @pytest.mark.parametrize("spec", [{"mu_dtype": jnp.bfloat16, "nu_dtype": jnp.bfloat16}, {"mu_dtype": "int8"}])
+@pytest.mark.slow
 def test_low_precision_moments_stay_near_the_float32_trajectory(spec):
     problem = peers.make_problem(np.float32, shapes={"w": (64, 80), "b": (32,), "s": ()})
     reference = peers.run_transform(adamfx.prodigy(d0=F32_D0), problem, 150, np.float32)

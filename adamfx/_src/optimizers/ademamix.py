@@ -10,6 +10,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
+from adamfx._src.stages.cautious import cautious as cautious_stage
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
 from adamfx._src.stages.slow_ema import slow_ema
 
@@ -94,7 +95,10 @@ def ademamix(
       alpha_warmup, b3_warmup: warmup lengths in steps (at least 1), or ``None`` for none.
       weight_decay: coupled L2 or decoupled (``p -= lr_t wd p``), as ``decoupled`` or the convention says.
       weight_decay_mask, decoupled, decay, convention: as :func:`adamfx.sgd`.
-      cautious: mask the fast EMA where its sign disagrees with the gradient's (Liang et al., 2024).
+      cautious: the Cautious mask (Liang et al., 2024; :func:`adamfx.cautious`) on the fast EMA only, as
+        pytorch_optimizer's ``AdEMAMix(cautious=True)``: per leaf of d elements ``m1^`` is kept where
+        ``m1^ g > 0`` and scaled by ``d / (nnz + 1)`` before ``alpha_t m2`` is added (``g`` after a coupled
+        L2 term). The same rule in both conventions (optax has none). Not elementwise: ``fused`` rejects it.
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype: storage of both first moments ``m1`` and ``m2``; nu_dtype: of ``v``.
 
@@ -110,12 +114,10 @@ def ademamix(
     conv = conventions.lookup(ADEMAMIX_CONVENTIONS, convention)
     conventions.require("ademamix", learning_rate=learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps)
     conventions.require("ademamix", weight_decay=weight_decay)
-    if cautious:
-        raise NotImplementedError("ademamix(cautious=True) is not available yet.")
+    fast = [scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype), bias_correction()]
     return conventions.finish(
         [
-            scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-            bias_correction(),
+            *([cautious_stage(*fast, rescale="count")] if cautious else fast),  # masks m1^ against g
             slow_ema(
                 b3,
                 alpha,
