@@ -69,12 +69,12 @@ def ademamix(
         alpha_t = alpha min(s / T_a, 1)
         b3_t    = min(exp(ln b1 ln b3 / ((1 - s/T_b) ln b3 + (s/T_b) ln b1)), b3)
 
-    ==========  =========================  ==========================================  ==============
-    convention  peer                       warmup index s at step t (1, 2, ...)        weight_decay
-    ==========  =========================  ==========================================  ==============
-    "optax"     optax.contrib.ademamix     t - 1 (its alpha/b3 schedules read count)   decoupled x lr
-    "torch"     pytorch_optimizer AdEMAMix t (``t_alpha_beta3``, its step from 1)       coupled L2
-    ==========  =========================  ==========================================  ==============
+    ==========  ==========================  =========================================  ==============  ===============
+    convention  peer                        warmup index s at step t (1, 2, ...)       weight_decay    cautious=True
+    ==========  ==========================  =========================================  ==============  ===============
+    "optax"     optax.contrib.ademamix      t - 1 (its alpha/b3 schedules read count)  decoupled x lr  (none) as torch
+    "torch"     pytorch_optimizer AdEMAMix  t (``t_alpha_beta3``, its step from 1)     coupled L2      mask on m1^
+    ==========  ==========================  =========================================  ==============  ===============
 
     Both put eps on the corrected root ``sqrt(v^)``, leave ``m2`` uncorrected and
     default to lr 1e-3 (optax has no default), alpha 5 and b3 0.9999

@@ -65,12 +65,12 @@ def prodigy(
     ``b3=None`` is ``sqrt(b2)``. The chain is ``distance_estimate -> lr_decay``
     (coupled weight decay, ``decoupled=False``, adds ``wd p`` to the gradient first).
 
-    ==========  =======================  ===================  ===========  ===============
-    convention  peer                     use_bias_correction  growth_rate  coupled decay
-    ==========  =======================  ===================  ===========  ===============
-    "optax"     optax.contrib.prodigy    True (always)        -- (*)       chain it (**)
-    "torch"     prodigyopt 1.1.2 Prodigy False (default)      yes          decouple=False
-    ==========  =======================  ===================  ===========  ===============
+    ==========  ========================  ===================  ===========  ===============
+    convention  peer                      use_bias_correction  growth_rate  coupled decay
+    ==========  ========================  ===================  ===========  ===============
+    "optax"     optax.contrib.prodigy     True (always)        -- (*)       chain it (**)
+    "torch"     prodigyopt 1.1.2 Prodigy  False (default)      yes          decouple=False
+    ==========  ========================  ===================  ===========  ===============
 
     Both: lr 1.0, eps 1e-8 times ``d_{k+1}`` (the paper has ``d_k``), d0 1e-6
     (optax's ``estim_lr0``), d_coef 1 (optax's ``estim_lr_coef``), decoupled weight
