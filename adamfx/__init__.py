@@ -18,7 +18,9 @@ from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
 from adamfx._src.optimizers.adopt import adopt  # adabelief, adopt (issue 12)
+from adamfx._src.optimizers.ademamix import ademamix  # ademamix
 from adamfx._src.optimizers.nadam import nadam, nadamw
+from adamfx._src.optimizers.prodigy import prodigy  # prodigy
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.schedule_free import schedule_free_adamw, schedule_free_sgd
@@ -33,11 +35,13 @@ from adamfx._src.stages.decorrelated import (  # adabelief, adopt (issue 12)
     normalize_by_previous,
     quarter_power,
 )
+from adamfx._src.stages.distance import distance_estimate  # prodigy
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
 from adamfx._src.stages.schedule_free import ScheduleFreeState, decay_before_step, schedule_free
+from adamfx._src.stages.slow_ema import slow_ema  # ademamix
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -69,6 +73,7 @@ __all__ = [
     "adam",
     "adamax",
     "adamaxw",
+    "ademamix",  # ademamix
     "adamw",
     "add_decayed_weights",
     "adopt",
@@ -87,6 +92,7 @@ __all__ = [
     "clip_by_value",
     "decay_before_step",
     "decoupled_weight_decay",
+    "distance_estimate",  # prodigy
     "ema_params",
     "exclude_bias_and_norm",
     "flat_params",
@@ -108,6 +114,7 @@ __all__ = [
     "normalize_by_previous",
     "partition",
     "quarter_power",
+    "prodigy",  # prodigy
     "radam",
     "rectify",
     "restore_state",
@@ -120,6 +127,7 @@ __all__ = [
     "schedule_free_sgd",
     "set_hyperparams",
     "sgd",
+    "slow_ema",  # ademamix
     "state_shardings",
     "sweep",
     "sweep_params",

@@ -69,6 +69,14 @@ RANGES: Mapping[str, Range] = {
     # schedule_free_adamw / schedule_free_sgd (schedulefree: warmup_steps an int >= 0, weight_lr_power any power >= 0)
     "warmup_steps": NONNEGATIVE,
     "weight_lr_power": NONNEGATIVE,
+    # ademamix and prodigy (optax.contrib, pytorch_optimizer AdEMAMix, prodigyopt Prodigy)
+    "b3": RATE,
+    "alpha": NONNEGATIVE,
+    "alpha_warmup": Range(1.0),  # a number of steps (pytorch_optimizer's t_alpha_beta3 divides by it)
+    "b3_warmup": Range(1.0),
+    "d0": NONNEGATIVE,  # prodigyopt refuses 0; adamfx keeps the sums without 1/d0, so d0 = 0 is "d stays 0"
+    "d_coef": NONNEGATIVE,
+    "growth_rate": Range(1.0),  # a multiplicative limit on d's growth per step
 }
 
 
@@ -145,6 +153,26 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
     # adabelief, adopt (issue 12)
     adamfx.adabelief: {**_ADAM, "eps": 1e-16, "eps_root": 1e-16, "weight_decay": 1e-4},
     adamfx.adopt: {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.9999, "eps": 1e-6, "decay": 0.0, "weight_decay": 1e-4},
+    # ademamix and prodigy
+    adamfx.ademamix: {
+        **{k: v for k, v in _ADAM.items() if k != "eps_root"},
+        "b3": 0.9999,
+        "alpha": 5.0,
+        "alpha_warmup": 100,
+        "b3_warmup": 100,
+        "weight_decay": 1e-2,
+    },
+    adamfx.prodigy: {
+        "learning_rate": 1.0,
+        "b1": 0.9,
+        "b2": 0.999,
+        "b3": 0.99,
+        "eps": 1e-8,
+        "d0": 1e-6,
+        "d_coef": 1.0,
+        "weight_decay": 1e-2,
+        "decay": 0.0,
+    },
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
@@ -153,6 +181,8 @@ CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
     # adabelief, adopt (issue 12)
     adamfx.adabelief: ("optax", "torch"),
     adamfx.adopt: ("optax", "torch"),
+    adamfx.ademamix: ("optax", "torch"),  # ademamix
+    adamfx.prodigy: ("optax", "torch"),  # prodigy
 }
 
 OPTIMIZERS: tuple[Entry, ...] = tuple(

@@ -78,6 +78,14 @@ HYPERPARAMETERS: dict[str, Range] = {
     "clipvalue": Range(),
     "global_clipnorm": Range(),
     "loss_scale_factor": Range(),
+    # ademamix and prodigy
+    "b3": _RATE,  # AdEMAMix's slow EMA; Prodigy's EMA of the distance sums
+    "alpha": Range(),  # AdEMAMix: weight of the slow EMA
+    "alpha_warmup": Range(1.0, optional=True),  # AdEMAMix: warmup lengths in steps; None: no warmup
+    "b3_warmup": Range(1.0, optional=True),
+    "d0": Range(),  # Prodigy: the initial distance estimate (0: d never moves)
+    "d_coef": Range(),  # Prodigy: factor on the estimate
+    "growth_rate": Range(1.0, optional=True),  # Prodigy: most d may grow per step; None (inf): unlimited
 }
 
 _ANY_NUMBER = Range(-math.inf)  # a hyperparameter this table does not know (a foreign stage's)
