@@ -13,6 +13,7 @@ from adamfx._src.core.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.execution.flat import flat_params
 from adamfx._src.execution.fused import fused
 from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state_shardings
+from adamfx._src.optimizers.adafactor import adafactor
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
@@ -22,10 +23,15 @@ from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.sgd import sgd
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
+from adamfx._src.stages.decay_first import decay_first
+from adamfx._src.stages.factored_rms import scale_by_factored_rms
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.relative_step import relative_step_size
+from adamfx._src.stages.update_average import ema_of_updates
+from adamfx._src.stages.update_clipping import clip_by_block_rms
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -99,4 +105,11 @@ __all__ = [
     "unscale_loss",
     "update_rms",
     "with_ema",
+    # adafactor
+    "adafactor",
+    "clip_by_block_rms",
+    "decay_first",
+    "ema_of_updates",
+    "relative_step_size",
+    "scale_by_factored_rms",
 ]

@@ -68,6 +68,10 @@ HYPERPARAMETERS: dict[str, Range] = {
     "threshold": Range(4.0),  # RAdam: rho_t must reach it; below 4 the rectification is imaginary
     "initial_accumulator_value": Range(),
     "ema_momentum": _FRACTION,
+    # adafactor
+    "decay_rate": Range(),  # b2_t = 1 - t^(-decay_rate); torch's beta2_decay = -decay_rate <= 0
+    "eps_scale": Range(),  # eps2, the floor of the parameter scale
+    "clipping_threshold": Range(1.0),  # d >= 1 (PyTorch and optax check it)
     # Keras's gradient options (stage fields, not state: chosen once per recipe); 0 is refused by the stages.
     "clipnorm": Range(),
     "clipvalue": Range(),
