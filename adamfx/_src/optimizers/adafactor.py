@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.optimizers import conventions
@@ -23,22 +25,24 @@ class AdafactorConvention(NamedTuple):
     learning_rate: float
     min_dim_size_to_factor: int  # factor a >= 2-D leaf when both its last two sides are >= this
     eps: float | None  # eps1; None: the parameter dtype's machine epsilon
-    eps_form: str  # "added" to |g|^2 or "clamped" (floors on mean(r) and sqrt(v))
+    eps_placement: str  # "in_square": added to |g|^2; "clamp": floors on mean(r) and sqrt(v)
     relative_step: bool  # rho_t = min(lr_t, 1/sqrt(t)) (True) or lr_t
-    weight_decay: str  # "added": u += wd p, unscaled; "decoupled": p -= lr_t wd p; "first": that, before the step
+    weight_decay: str  # always decoupled from the gradient; its form is weight_decay_form
+    weight_decay_form: str  # "added": s_t + wd p (no lr); "lr_scaled": p -= lr_t wd p; "first": that, before the step
 
 
 ADAFACTOR_CONVENTIONS = {
     # optax.adafactor(learning_rate=None) applies no learning rate at all: 1.
-    "optax": AdafactorConvention(1.0, 128, 1e-30, "added", False, "added"),
-    "torch": AdafactorConvention(1e-2, 1, None, "clamped", True, "decoupled"),
-    "keras": AdafactorConvention(1e-3, 1, 1e-30, "added", True, "first"),
+    "optax": AdafactorConvention(1.0, 128, 1e-30, "in_square", False, "decoupled", "added"),
+    "torch": AdafactorConvention(1e-2, 1, None, "clamp", True, "decoupled", "lr_scaled"),
+    "keras": AdafactorConvention(1e-3, 1, 1e-30, "in_square", True, "decoupled", "first"),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))  # the weight decay's form is the convention's (table)
 def adafactor(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     min_dim_size_to_factor: int | None = None,
     decay_rate: float = 0.8,
     clipping_threshold: float | None = 1.0,
@@ -49,15 +53,9 @@ def adafactor(
     multiply_by_parameter_scale: bool = True,
     *,
     weight_decay: float = 0.0,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""Adafactor (Shazeer & Stern, 2018, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", Alg. 4/5).
 
@@ -87,26 +85,29 @@ def adafactor(
     factored leaves             both last    every >= 2-D      every >= 2-D         matrices
                                 two >= 128   (last two axes)   (last two axes)
     eps1 default                1e-30        finfo(p).eps      1e-30                1e-30
-    eps1 placement              added g^2    clamped (**)      added g^2            added g^2
+    eps_placement of eps1       in_square    clamp (**)        in_square            in_square
     parameter scale             optional     always            always               yes
     update clipping             optional     always (d >= 1)   always               d = 1
     momentum                    optional     none              none                 b1 optional
     weight_decay                u += wd p    p -= lr_t wd p    p -= lr_t wd p       --
                                 (no lr)      (RMS of p_{t-1})  first (RMS of that)
-    b2_t computed in            float32      float64           float64              --
+    float32 inside a float64    b2_t         nothing           ops.mean (r, c,      --
+    run                                                        RMS(p), RMS(u))
     ==========================  ===========  ================  ===================  ==================
 
     (*) Keras's ``relative_step`` flag changes nothing: its step is always
     ``min(lr_t, 1/sqrt(t))``; ``relative_step=False`` here takes ``rho_t = lr_t``.
     PyTorch and Keras have no switch for the parameter scale, update clipping
     off or momentum: those options follow optax's composition in every convention.
-    (**) PyTorch: ``x_t = g_t^2``, ``v^_t = r c^T / max(mean(r), eps1)``,
+    ``"in_square"``: ``x_t = g_t^2 + eps1`` as above.
+    (**) ``"clamp"``, PyTorch: ``x_t = g_t^2``, ``v^_t = r c^T / max(mean(r), eps1)``,
     ``u_t = g_t / max(sqrt(v^_t), eps1)``.
     Factoring a side of length 1 (PyTorch and Keras factor ``(n, 1)`` leaves)
     gives the full moment exactly, so adamfx keeps such leaves whole; optax factors
     the two *largest* axes of a leaf with more than two dimensions, adamfx the
     last two. optax computes ``b2_t`` in float32 even under x64 (a relative error
-    of ~1e-8 in ``1 - b2_t``); adamfx in the state's dtype. optax keeps the
+    of ~1e-8 in ``1 - b2_t``), and Keras's ``ops.mean`` promotes float64 to float32;
+    adamfx computes in the state's dtype. optax keeps the
     momentum in float32 (``dtype_momentum``); adamfx like the parameter
     (``mu_dtype=jnp.float32`` for optax's).
 
@@ -121,9 +122,10 @@ def adafactor(
       relative_step: ``rho_t = min(lr_t, 1/sqrt(t))``; ``None`` takes the convention's default.
       multiply_by_parameter_scale: multiply the step by ``max(eps_scale, RMS(p))``.
       weight_decay: its form is the convention's (table); ``weight_decay_mask`` selects the leaves.
-      decay, convention: as :func:`adamfx.sgd`.
-      maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
+      convention: ``"optax"``, ``"torch"`` or ``"keras"``.
       mu_dtype: storage of the momentum (default: the parameter dtype).
+      options: ``weight_decay_mask``, ``decay``, ``maximize``, ``clipnorm``, ``clipvalue``,
+        ``global_clipnorm``, ``loss_scale_factor``, as :func:`adamfx.sgd` (no ``decoupled``: see the table).
 
     The first step of a vector ``g = (3, 4)`` from ``p = (1, 1)``: ``v^ = g^2``,
     ``u = (1, 1)``, ``rho_1 = min(1e-2, 1) = 1e-2``, ``RMS(p) = 1``:
@@ -136,22 +138,15 @@ def adafactor(
     [-0.009999999776482582, -0.009999999776482582]
     """
     conv = conventions.lookup(ADAFACTOR_CONVENTIONS, convention)
+    decay, mask = options.pop("decay"), options.pop("weight_decay_mask")
     conventions.require("adafactor", decay_rate=decay_rate, eps_scale=eps_scale, weight_decay=weight_decay, decay=decay)
     min_dim = conventions.pick(min_dim_size_to_factor, conv.min_dim_size_to_factor)
     if isinstance(min_dim, bool) or not isinstance(min_dim, int) or min_dim < 1:
         raise ValueError(f"min_dim_size_to_factor={min_dim!r} is invalid: it must be an int >= 1.")
     learning_rate = conventions.pick(learning_rate, conv.learning_rate)
-    gradient = gradient_stages(
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-    )
+    eps1 = conventions.pick(eps, conv.eps)
     step = [
-        scale_by_factored_rms(
-            decay_rate, conventions.pick(eps, conv.eps), eps_form=conv.eps_form, min_dim_size=max(2, min_dim)
-        ),
+        scale_by_factored_rms(decay_rate, eps1, eps_placement=conv.eps_placement, min_dim_size=max(2, min_dim)),
         *([] if clipping_threshold is None else [clip_by_block_rms(clipping_threshold)]),
         relative_step_size(
             learning_rate,
@@ -162,12 +157,13 @@ def adafactor(
         ),
         *([] if momentum is None else [ema_of_updates(momentum, mu_dtype=mu_dtype)]),
     ]
-    # The weight-decay stage is kept at 0 too: the state's structure must not depend on its value
-    # (optax.inject_hyperparams passes the default 0.0 as an array).
-    if conv.weight_decay == "added":  # optax: s_t + wd p, then the sign
-        return chain(*gradient, *step, add_decayed_weights(weight_decay, weight_decay_mask), negate())
-    if conv.weight_decay == "decoupled":  # PyTorch: p_t = p - s_t - lr_t wd p
-        wd = decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)
-        return chain(*gradient, *step, negate(), wd)
+    # Not conventions.finish: its last stage is -lr_t, and Adafactor's step min(lr_t, 1/sqrt(t)) RMS(p)
+    # is not a factor shared with the weight decay. The weight-decay stage is kept at 0 too: the state's
+    # structure must not depend on its value (optax.inject_hyperparams passes the default 0.0 as an array).
+    gradient = gradient_stages(**options)
+    if conv.weight_decay_form == "added":  # optax: s_t + wd p, then the sign
+        return chain(*gradient, *step, add_decayed_weights(weight_decay, mask), negate())
+    if conv.weight_decay_form == "lr_scaled":  # PyTorch: p_t = p - s_t - lr_t wd p
+        return chain(*gradient, *step, negate(), decoupled_weight_decay(weight_decay, learning_rate, decay, mask))
     # Keras: p' = p - lr_t wd p before the step, whose parameter scale reads p'
-    return chain(*gradient, decay_first(chain(*step, negate()), weight_decay, learning_rate, decay, weight_decay_mask))
+    return chain(*gradient, decay_first(chain(*step, negate()), weight_decay, learning_rate, decay, mask))

@@ -48,7 +48,7 @@ class DecayFirst(DecoupledWeightDecay):
 
 def decay_first(
     inner: GradientTransformation, weight_decay: float, learning_rate: Any = 1e-3, decay: float = 0.0, mask: Any = None
-) -> Any:
+) -> GradientTransformation:
     """Runs adamfx ``inner`` on ``p - lr_t wd p`` and adds ``-lr_t wd p`` to its updates (Keras's order).
 
     State: ``(weight decay state, learning-rate state, inner state)``; the

@@ -13,10 +13,13 @@ schedule ``b2_t = 1 - t^(-decay_rate)`` (``b2_1 = 0``: the first step keeps
 
 The row and column statistics are those of the factored storage
 (:mod:`adamfx._src.storage.factored`): this stage only adds the schedule and
-the two places ``eps1`` can take (``eps_form``):
+the two places ``eps1`` can take (``eps_placement``, extending the vocabulary of
+:mod:`adamfx._src.stages.eps`):
 
-- ``"added"`` (the paper, optax, Keras): ``eps1`` is added to ``|g|^2`` as above;
-- ``"clamped"`` (PyTorch): ``x_t = |g_t|^2``, the mean of ``r`` is floored at
+- ``"in_square"`` (the paper, optax, Keras): ``eps1`` is added to each ``|g|^2``
+  as above (for a leaf kept whole that is ``"inside"``, ``sqrt(v^ + eps1)``, as
+  the weights sum to 1; for a factored one it is not);
+- ``"clamp"`` (PyTorch): ``x_t = |g_t|^2``, the mean of ``r`` is floored at
   ``eps1`` and ``u_t = g_t / max(sqrt(v^_t), eps1)``.
 
 Which leaves are factored is the storage's rule (its ``min_dim_size``).
@@ -25,7 +28,7 @@ Which leaves are factored is the storage's rule (its ``min_dim_size``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +36,13 @@ import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage
+from adamfx._src.core.base import GradientTransformation, Stage
 from adamfx._src.core.numerics import abs_sq, compute_dtype, real_moment_dtype, scalar_like
+from adamfx._src.stages import eps as eps_vocabulary
 from adamfx._src.storage.factored import Factored, FactoredStorage, accumulate_factors, is_factored, unfactor
 from adamfx._src.storage.protocol import init_stored, map_stored, parameter_shaped, stream_of
 
-EPS_FORMS = ("added", "clamped")
+EPS_PLACEMENTS = ("in_square", "clamp")
 
 
 class FactoredRmsState(NamedTuple):
@@ -56,10 +60,14 @@ def decay_schedule(decay_rate: jax.Array, t: jax.Array) -> jax.Array:
 class ScaleByFactoredRms(Stage):
     decay_rate: float
     eps: float | None  # None: the leaf dtype's machine epsilon (PyTorch's default eps1)
-    eps_form: str
+    eps_placement: str
     storage: FactoredStorage
 
     elementwise = False  # row and column means need the leaf's shape
+
+    def __post_init__(self):
+        super().__post_init__()
+        eps_vocabulary.check_placement(self.eps_placement, EPS_PLACEMENTS)
 
     def hyperparameters(self):
         values = {"decay_rate": self.decay_rate}
@@ -76,7 +84,7 @@ class ScaleByFactoredRms(Stage):
         grads = checks.conform(grads, self.storage, parameter_shaped(self.storage, state.nu), "gradients")
         count = optax.safe_increment(state.count)
         weight = decay_schedule(state.hyperparams["decay_rate"], count)  # 1 - b2_t
-        clamped = self.eps_form == "clamped"
+        clamped = self.eps_placement == "clamp"
 
         def leaf(record, key, g):
             x = g.astype(compute_dtype(g.dtype))
@@ -97,17 +105,16 @@ class ScaleByFactoredRms(Stage):
 
 
 def scale_by_factored_rms(
-    decay_rate: float = 0.8, eps: float | None = 1e-30, *, eps_form: str = "added", min_dim_size: int = 2
-) -> Any:
+    decay_rate: float = 0.8, eps: float | None = 1e-30, *, eps_placement: str = "in_square", min_dim_size: int = 2
+) -> GradientTransformation:
     """Scales the gradient by Adafactor's factored second moment: ``u_t = g_t / sqrt(v^_t)`` (see the module).
 
     ``b2_t = 1 - t^(-decay_rate)``; ``eps`` is ``eps1`` (``None``: the leaf
-    dtype's machine epsilon, PyTorch's default), placed as ``eps_form`` says
-    (``"added"`` to ``|g|^2``, or ``"clamped"``: floors, PyTorch). Leaves of
+    dtype's machine epsilon, PyTorch's default), placed as ``eps_placement`` says
+    (``"in_square"``: added to ``|g|^2``, or ``"clamp"``: floors, PyTorch). Leaves of
     two or more dimensions whose last two sides are ``>= min_dim_size`` keep row
     and column means (:class:`adamfx.FactoredStorage`); the others the full
     moment. State: ``count``, ``nu`` (a :class:`adamfx.Factored`), hyperparameters
     ``decay_rate`` and ``eps``.
     """
-    checks.check_choice("eps_form", eps_form, EPS_FORMS)
-    return ScaleByFactoredRms(decay_rate, eps, eps_form, FactoredStorage(min_dim_size)).transform()
+    return ScaleByFactoredRms(decay_rate, eps, eps_placement, FactoredStorage(min_dim_size)).transform()

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from adamfx._src.core import hyperparams as hp
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.core.numerics import compute_dtype, scalar_like
 from adamfx._src.stages.lr_and_decay import LrDecay, LrDecayState
 from adamfx._src.stages.update_clipping import rms
@@ -77,7 +78,7 @@ def relative_step_size(
     parameter_scale: bool = True,
     eps_scale: float = 1e-3,
     decay: float = 0.0,
-) -> Any:
+) -> GradientTransformation:
     """Scales updates by Adafactor's ``alpha_t = max(eps_scale, RMS(p)) min(lr_t, 1/sqrt(t))`` (see the module).
 
     ``relative=False`` takes ``rho_t = lr_t``; ``parameter_scale=False`` drops

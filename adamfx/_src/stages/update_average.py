@@ -18,7 +18,7 @@ import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage
+from adamfx._src.core.base import GradientTransformation, Stage
 from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
 from adamfx._src.storage.protocol import Storage, init_stored, map_stored, parameter_shaped, resolve_storage, stream_of
 
@@ -59,7 +59,7 @@ class UpdateEma(Stage):
         return out, UpdateEmaState(count, mu, state.hyperparams)
 
 
-def ema_of_updates(momentum: float = 0.9, *, mu_dtype: Any = None) -> Any:
+def ema_of_updates(momentum: float = 0.9, *, mu_dtype: Any = None) -> GradientTransformation:
     """``m_t = momentum m_{t-1} + (1 - momentum) u_t`` from ``m_0 = 0``, emitted as is (no bias correction).
 
     State: ``count``, ``mu`` (stored as ``mu_dtype``, default the parameter dtype),

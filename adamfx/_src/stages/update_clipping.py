@@ -12,13 +12,13 @@ the same in optax (``clip_by_block_rms``), PyTorch (``Adafactor(d=)``) and Keras
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage
+from adamfx._src.core.base import GradientTransformation, Stage
 from adamfx._src.core.numerics import abs_sq, compute_dtype, scalar_like
 
 
@@ -50,7 +50,7 @@ class ClipByBlockRms(Stage):
         return jax.tree.map(leaf, updates), state
 
 
-def clip_by_block_rms(clipping_threshold: float = 1.0) -> Any:
+def clip_by_block_rms(clipping_threshold: float = 1.0) -> GradientTransformation:
     """Divides each leaf's update by ``max(1, RMS(u) / clipping_threshold)`` (``clipping_threshold >= 1``).
 
     State: hyperparameter ``clipping_threshold``.
