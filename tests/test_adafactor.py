@@ -127,7 +127,7 @@ def test_factoring_rule_of_each_convention():
 
 
 @pytest.mark.parametrize(
-    ("mu_dtype", "stored"), [(jnp.bfloat16, jnp.bfloat16), ("int8", jnp.uint8)]
+    ("mu_dtype", "stored"), [(jnp.bfloat16, jnp.bfloat16), pytest.param("int8", jnp.uint8, marks=pytest.mark.slow)]
 )  # int8 codes: uint8
 def test_momentum_storage(mu_dtype, stored):
     params = tree()
