@@ -14,6 +14,7 @@ from adamfx._src.execution.flat import flat_params
 from adamfx._src.execution.fused import fused
 from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state_shardings
 from adamfx._src.optimizers.adabelief import adabelief  # adabelief, adopt (issue 12)
+from adamfx._src.optimizers.adafactor import adafactor
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
@@ -36,12 +37,17 @@ from adamfx._src.stages.decorrelated import (  # adabelief, adopt (issue 12)
     quarter_power,
 )
 from adamfx._src.stages.distance import distance_estimate  # prodigy
+from adamfx._src.stages.decay_first import decay_first
+from adamfx._src.stages.factored_rms import scale_by_factored_rms
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
 from adamfx._src.stages.schedule_free import ScheduleFreeState, decay_before_step, schedule_free
 from adamfx._src.stages.slow_ema import slow_ema  # ademamix
+from adamfx._src.stages.relative_step import relative_step_size
+from adamfx._src.stages.update_average import ema_of_updates
+from adamfx._src.stages.update_clipping import clip_by_block_rms
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -135,4 +141,11 @@ __all__ = [
     "unscale_loss",
     "update_rms",
     "with_ema",
+    # adafactor
+    "adafactor",
+    "clip_by_block_rms",
+    "decay_first",
+    "ema_of_updates",
+    "relative_step_size",
+    "scale_by_factored_rms",
 ]

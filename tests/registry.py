@@ -77,6 +77,16 @@ RANGES: Mapping[str, Range] = {
     "d0": NONNEGATIVE,  # prodigyopt refuses 0; adamfx keeps the sums without 1/d0, so d0 = 0 is "d stays 0"
     "d_coef": NONNEGATIVE,
     "growth_rate": Range(1.0),  # a multiplicative limit on d's growth per step
+    # adafactor: torch.optim.Adafactor checks beta2_decay <= 0, d >= 1, eps >= 0; optax: clipping_threshold >= 1
+    "decay_rate": NONNEGATIVE,
+    "clipping_threshold": Range(1.0),
+    "eps_scale": NONNEGATIVE,
+}
+
+
+#: Arguments whose default is a number but that take ``None`` to switch something off, by factory name.
+NONE_ALLOWED: Mapping[str, tuple[str, ...]] = {
+    "adafactor": ("clipping_threshold",),  # optax: None disables the update clipping
 }
 
 
@@ -101,7 +111,8 @@ class Entry:
 
     def accepts_none(self, name: str) -> bool:
         """``None`` is a documented value of ``name`` (it takes the convention's default or switches it off)."""
-        return inspect.signature(self.factory).parameters[name].default is None
+        optional = NONE_ALLOWED.get(self.factory.__name__, ())
+        return inspect.signature(self.factory).parameters[name].default is None or name in optional
 
 
 _ADAM = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, "decay": 0.0}
@@ -171,6 +182,15 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
         "d0": 1e-6,
         "d_coef": 1.0,
         "weight_decay": 1e-2,
+    # adafactor
+    adamfx.adafactor: {
+        "learning_rate": 1e-2,
+        "decay_rate": 0.8,
+        "clipping_threshold": 1.0,
+        "momentum": 0.9,
+        "eps": 1e-30,
+        "eps_scale": 1e-3,
+        "weight_decay": 1e-4,
         "decay": 0.0,
     },
 }

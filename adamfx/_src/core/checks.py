@@ -73,6 +73,10 @@ HYPERPARAMETERS: dict[str, Range] = {
     "weight_lr_power": Range(),  # averaging weights lr_max^power (0: c_t = 1/t)
     # lion / cautious
     "cautious_factor": _FRACTION,  # lion-pytorch: weight of the masked-out components (0 drops them)
+    # adafactor
+    "decay_rate": Range(),  # b2_t = 1 - t^(-decay_rate); torch's beta2_decay = -decay_rate <= 0
+    "eps_scale": Range(),  # eps2, the floor of the parameter scale
+    "clipping_threshold": Range(1.0),  # d >= 1 (PyTorch and optax check it)
     # Keras's gradient options (stage fields, not state: chosen once per recipe); 0 is refused by the stages.
     "clipnorm": Range(),
     "clipvalue": Range(),

@@ -101,8 +101,8 @@ def square_means(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     return rows, abs_sq(g).mean(axis=-2)
 
 
-def accumulate_factors(stored: Factored, g: jax.Array, decay, weight) -> Factored:
-    """The factors of ``decay * unfactor(stored) + weight * |g|^2`` without forming that matrix.
+def accumulate_factors(stored: Factored, g: jax.Array, decay, weight, offset=0.0) -> Factored:
+    """The factors of ``decay * unfactor(stored) + weight * (|g|^2 + offset)`` without forming that matrix.
 
     ``unfactor`` preserves the means (the row means of ``r c^T / mean(r)`` are
     ``r``), so the new row means are ``decay * r + weight * mean_j(|g|^2)`` --
@@ -110,6 +110,8 @@ def accumulate_factors(stored: Factored, g: jax.Array, decay, weight) -> Factore
     infinite ``|g|^2`` (a finite gradient whose square overflowed) flags its row
     and column (see :func:`_factor_overflowed`) and adds the current estimate,
     not ``inf``, to their means, so they keep following the rest of the matrix.
+    ``offset`` is Adafactor's ``eps1`` added to every ``|g|^2`` (the mean of
+    ``|g|^2 + eps1`` is ``mean(|g|^2) + eps1``).
     """
     flag_rows, flag_cols = jnp.signbit(stored.row), jnp.signbit(stored.col)
     row, col = jnp.abs(stored.row), jnp.abs(stored.col)
@@ -123,6 +125,7 @@ def accumulate_factors(stored: Factored, g: jax.Array, decay, weight) -> Factore
         return filled.mean(axis=-1), filled.mean(axis=-2)
 
     x_row, x_col = lax.cond(overflow_rows.any(), finite_means, lambda g, r, c: (x_row, x_col), g, row, col)
+    x_row, x_col = x_row + offset, x_col + offset
     row, col = decay * row + weight * x_row, decay * col + weight * x_col
     flag_rows, flag_cols = flag_rows | overflow_rows, flag_cols | overflow_cols
     return Factored(jnp.where(flag_rows, -row, row), jnp.where(flag_cols, -col, col), placeholder())
@@ -132,13 +135,18 @@ def is_factored(stored: Factored) -> bool:
     return stored.col.shape != (1,)
 
 
-def unfactor(stored: Factored) -> jax.Array:
-    """The rank-1 estimate ``|r| |c|^T / mean|r|`` (0 where the moment is all zero; ``inf`` on flagged pairs)."""
+def unfactor(stored: Factored, floor=None) -> jax.Array:
+    """The rank-1 estimate ``|r| |c|^T / max(mean|r|, floor)`` (``inf`` on flagged pairs).
+
+    ``floor`` defaults to the dtype's smallest normal number, so an all-zero
+    moment gives 0; PyTorch's Adafactor floors the mean at its ``eps1``.
+    """
     row, col, _ = stored
     flag_rows, flag_cols = jnp.signbit(row), jnp.signbit(col)
     row, col = jnp.abs(row), jnp.abs(col)
     mean = row.mean(axis=-1, keepdims=True)
-    col = col / jnp.maximum(mean, jnp.finfo(mean.dtype).tiny)
+    floor = jnp.finfo(mean.dtype).tiny if floor is None else floor
+    col = col / jnp.maximum(mean, floor)
     estimate = row[..., :, None] * col[..., None, :]
     return jnp.where(flag_rows[..., :, None] & flag_cols[..., None, :], jnp.inf, estimate)
 
