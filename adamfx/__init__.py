@@ -16,6 +16,7 @@ from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
+from adamfx._src.optimizers.muon import MuonSplit, muon
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
@@ -25,6 +26,7 @@ from adamfx._src.stages.corrections import nesterov_momentum, rectify
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
+from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
@@ -46,6 +48,7 @@ __all__ = [
     "GradientTransformationExtraArgs",
     "Int8Storage",
     "Moments",
+    "MuonSplit",
     "Stage",
     "Storage",
     "accumulate_squares",
@@ -79,17 +82,21 @@ __all__ = [
     "masked",
     "max_nu",
     "multi_steps",
+    "muon",
     "nadam",
     "nadamw",
     "negate",
+    "nesterov_lerp",
     "nesterov_momentum",
     "normalize",
+    "orthogonalize",
     "partition",
     "radam",
     "rectify",
     "restore_state",
     "rmsprop",
     "scale_by_moments",
+    "scale_by_shape",
     "set_hyperparams",
     "sgd",
     "state_shardings",

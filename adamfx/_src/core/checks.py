@@ -73,6 +73,13 @@ HYPERPARAMETERS: dict[str, Range] = {
     "clipvalue": Range(),
     "global_clipnorm": Range(),
     "loss_scale_factor": Range(),
+    # muon
+    "consistent_rms": Range(optional=True),  # Liu et al.'s RMS factor; None: the width rule
+    "adam_b1": _RATE,
+    "adam_b2": _RATE,
+    "adam_eps": Range(optional=True),
+    "adam_weight_decay": Range(schedule=True, optional=True),
+    "adam_learning_rate": Range(schedule=True, optional=True),
 }
 
 _ANY_NUMBER = Range(-math.inf)  # a hyperparameter this table does not know (a foreign stage's)
