@@ -66,6 +66,13 @@ RANGES: Mapping[str, Range] = {
     "momentum_decay": NONNEGATIVE,
     "threshold": Range(4.0),
     "initial_accumulator_value": NONNEGATIVE,
+    # muon (torch.optim.Muon checks lr, momentum, weight_decay >= 0; the Adam leaves take AdamW's ranges)
+    "consistent_rms": NONNEGATIVE,
+    "adam_b1": RATE,
+    "adam_b2": RATE,
+    "adam_eps": NONNEGATIVE,
+    "adam_weight_decay": NONNEGATIVE,
+    "adam_learning_rate": NONNEGATIVE,
 }
 
 
@@ -123,6 +130,21 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
     adamfx.adamax: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.adamaxw: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.radam: {**_ADAM, "threshold": 5.0, "weight_decay": 1e-4},
+    # muon: the names its two groups share (learning_rate, eps, weight_decay) get equal values in both, so
+    # that hyperparams(state) reads one value for each without group=
+    adamfx.muon: {
+        "learning_rate": 2e-2,
+        "momentum": 0.95,
+        "eps": 1e-8,
+        "weight_decay": 1e-2,
+        "consistent_rms": 0.2,
+        "adam_b1": 0.9,
+        "adam_b2": 0.999,
+        "adam_eps": 1e-8,
+        "adam_weight_decay": 1e-2,
+        "adam_learning_rate": 2e-2,
+        "decay": 0.0,
+    },
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).

@@ -129,7 +129,7 @@ def muon(
     adam_eps: float | None = None,
     adam_weight_decay: float | None = None,
     adam_learning_rate: Any = None,
-    ns_dtype: Any = jnp.float32,
+    ns_dtype: Any = "float32",
     muon_mask: Any = None,
     weight_decay_mask: Any = None,
     decay: float = 0.0,
@@ -194,7 +194,8 @@ def muon(
       consistent_rms: ``None``: the convention's; ``False``: the width rule; a number: Liu et al.'s factor.
       adam_b1, adam_b2, adam_eps, adam_weight_decay, adam_learning_rate: the Adam leaves' (``None``: the
         convention's; ``adam_learning_rate=None`` follows ``learning_rate``).
-      ns_dtype: the dtype Newton-Schulz runs in (float32).
+      ns_dtype: the dtype Newton-Schulz runs in (``"float32"``; a name, as ``optax.inject_hyperparams``
+        would take a dtype class such as ``jnp.bfloat16`` for a schedule).
       muon_mask: pytree of bools (or callable of params) choosing the Muon leaves; ``None``: every
         2-D leaf. A leaf with more axes is a stack of matrices (its last two axes); fewer than 2 is an error.
       weight_decay_mask: leaves to decay, in both groups (a callable, as for :func:`adamfx.partition`).
@@ -210,8 +211,10 @@ def muon(
     >>> tx = adamfx.muon(0.1, weight_decay=0.0, convention="torch")
     >>> params = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
     >>> updates, _ = tx.update({"w": jnp.eye(2), "b": jnp.ones(2)}, tx.init(params), params)
-    >>> [round(float(x), 3) for x in updates["w"].ravel()]  # the orthogonal factor of I (NS: ~0.88 I)
-    [-0.088, 0.0, 0.0, -0.088]
+    >>> [round(float(x), 4) + 0.0 for x in updates["w"].ravel()]  # -lr NS(I): quintic NS lands near 1.108 I
+    [-0.1108, 0.0, 0.0, -0.1108]
+    >>> [round(float(x), 4) for x in updates["b"]]  # AdamW's first step: -lr sign(g)
+    [-0.1, -0.1]
     """
     conv = conventions.lookup(MUON_CONVENTIONS, convention)
     checks.check_hyperparameter("learning_rate", learning_rate)

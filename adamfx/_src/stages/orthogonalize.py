@@ -48,9 +48,16 @@ def newton_schulz(x: jax.Array, coefficients: tuple, steps: int, eps: jax.Array,
     norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
     eps = scalar_like(eps, x)
     x = x / (jnp.maximum(norm, eps) if eps_form == "clamp" else norm + eps)
-    for _ in range(steps):
+
+    def iteration(_, x):
         gram = x @ jnp.swapaxes(x, -1, -2)  # A = X X^T
-        x = a * x + (b * gram + c * (gram @ gram)) @ x  # X <- a X + (b A + c A^2) X
+        return a * x + (b * gram + c * (gram @ gram)) @ x  # X <- a X + (b A + c A^2) X
+
+    if isinstance(steps, int):  # unrolled
+        for k in range(steps):
+            x = iteration(k, x)
+    else:  # a traced count (optax.inject_hyperparams injects ns_steps)
+        x = jax.lax.fori_loop(0, steps, iteration, x)
     return jnp.swapaxes(x, -1, -2) if tall else x
 
 
@@ -94,7 +101,7 @@ def orthogonalize(
     eps: float = 1e-7,
     *,
     eps_form: str = "add",
-    ns_dtype=jnp.float32,
+    ns_dtype="float32",
 ):
     """Newton-Schulz orthogonalization of each matrix leaf (Jordan et al., 2024), see the module docstring.
 
@@ -103,14 +110,17 @@ def orthogonalize(
     ``"clamp"`` divides by ``max(||X||_F, eps)`` (PyTorch), ``"add"`` by
     ``||X||_F + eps`` (Keras, optax). ``ns_dtype``: the iteration's dtype
     (float32; PyTorch runs it in bfloat16). ``ns_coefficients`` (a, b, c) and
-    ``ns_steps`` are fixed at construction (the loop is unrolled). State: ``eps``.
+    ``ns_steps`` are fixed at construction (the loop is unrolled; a traced ``ns_steps``, as
+    ``optax.inject_hyperparams`` passes, runs as a ``fori_loop``). State: ``eps``.
     Not elementwise. Used by :func:`adamfx.muon`.
     """
     checks.check_choice("eps_form", eps_form, EPS_FORMS)
     coefficients = tuple(ns_coefficients) if isinstance(ns_coefficients, (tuple, list)) else ()
     if len(coefficients) != 3 or not all(checks.is_concrete(c) and math.isfinite(c) for c in coefficients):
         raise ValueError(f"ns_coefficients={ns_coefficients!r} is invalid: it must be three finite numbers (a, b, c).")
-    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
+    ns_steps = checks.as_python_scalar(ns_steps)
+    traced = isinstance(ns_steps, jax.core.Tracer) and jnp.issubdtype(ns_steps.dtype, jnp.integer)
+    if not traced and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
         raise ValueError(f"ns_steps={ns_steps!r} is invalid: it must be an int >= 1.")
     try:
         dtype = jnp.dtype(ns_dtype)
