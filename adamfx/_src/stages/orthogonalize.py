@@ -40,18 +40,30 @@ EPS_FORMS = ("clamp", "add")
 
 
 def newton_schulz(x: jax.Array, coefficients: tuple, steps: int, eps: jax.Array, eps_form: str) -> jax.Array:
-    """The quintic Newton-Schulz iteration on the last two axes of ``x`` (in ``x``'s dtype)."""
+    """The quintic Newton-Schulz iteration on the last two axes of ``x`` (in ``x``'s dtype).
+
+    Products and sums accumulate in at least float32 and round to ``x``'s dtype once per
+    product-and-add (as PyTorch's bfloat16 ``addmm`` does); for float32/float64 that is plain arithmetic.
+    """
     a, b, c = coefficients
+    dtype = x.dtype
+    acc = jnp.promote_types(dtype, jnp.float32)
+
+    def mm(p, q):
+        return jnp.matmul(p, q, preferred_element_type=acc)
+
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = jnp.swapaxes(x, -1, -2)
-    norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
+    xa = x.astype(acc)
+    norm = jnp.sqrt(jnp.sum(xa * xa, axis=(-2, -1), keepdims=True)).astype(dtype)
     eps = scalar_like(eps, x)
     x = x / (jnp.maximum(norm, eps) if eps_form == "clamp" else norm + eps)
 
     def iteration(_, x):
-        gram = x @ jnp.swapaxes(x, -1, -2)  # A = X X^T
-        return a * x + (b * gram + c * (gram @ gram)) @ x  # X <- a X + (b A + c A^2) X
+        gram = mm(x, jnp.swapaxes(x, -1, -2)).astype(dtype)  # A = X X^T
+        poly = (b * gram.astype(acc) + c * mm(gram, gram)).astype(dtype)  # b A + c A^2
+        return (a * x.astype(acc) + mm(poly, x)).astype(dtype)  # X <- a X + (b A + c A^2) X
 
     if isinstance(steps, int):  # unrolled
         for k in range(steps):
