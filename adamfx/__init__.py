@@ -26,8 +26,8 @@ from adamfx._src.stages.corrections import nesterov_momentum, rectify
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
-from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage

@@ -70,8 +70,12 @@ def test_muon_mask_sends_a_chosen_matrix_to_adam_as_optax_does():
     """An embedding left out of Muon takes the Adam path (optax: dimension numbers None for it)."""
     shapes = {"embed": (7, 4), "w": (4, 5), "b": (5,)}
     with jax.enable_x64(True):
-        ours = adamfx.muon(0.02, ns_dtype=jnp.float64, muon_mask=lambda p: {**jax.tree.map(lambda x: x.ndim == 2, p),
-                                                                           "embed": False}, convention="optax")
+        ours = adamfx.muon(
+            0.02,
+            ns_dtype=jnp.float64,
+            muon_mask=lambda p: {**jax.tree.map(lambda x: x.ndim == 2, p), "embed": False},
+            convention="optax",
+        )
         dims = {"embed": None, "w": optax.contrib.MuonDimensionNumbers(), "b": None}
         theirs = optax.contrib.muon(0.02, muon_weight_dimension_numbers=dims)
         a, state = _run(ours, shapes)

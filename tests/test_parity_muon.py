@@ -19,9 +19,7 @@ in float64, and said so:
 from __future__ import annotations
 
 import contextlib
-import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -148,18 +146,62 @@ def case(name):
     if name == "defaults":
         return {}, ({}, {}, None), ({}, None), {"learning_rate": 1e-3}
     if name == "hyperparameters":
-        ours = {"learning_rate": LR, "momentum": 0.9, "nesterov": False, "ns_steps": 4, "ns_coefficients": COEFFS,
-                "adam_b1": 0.8, "adam_b2": 0.99, "adam_learning_rate": LR / 2, "weight_decay": 0.0,
-                "adam_weight_decay": 0.0}
-        torch = ({"lr": LR, "momentum": 0.9, "nesterov": False, "ns_steps": 4, "ns_coefficients": COEFFS, "eps": 1e-6,
-                  "weight_decay": 0.0}, {"lr": LR / 2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.0}, None)
-        keras = ({"learning_rate": LR, "momentum": 0.9, "nesterov": False, "ns_steps": 4, "muon_a": COEFFS[0],
-                  "muon_b": COEFFS[1], "muon_c": COEFFS[2], "adam_beta_1": 0.8, "adam_beta_2": 0.99,
-                  "adam_lr_ratio": 0.5, "epsilon": 1e-6, "weight_decay": None, "adam_weight_decay": None,
-                  "rms_rate": 0.3}, None)
-        optax_kwargs = {"learning_rate": LR, "beta": 0.9, "nesterov": False, "ns_steps": 4, "ns_coeffs": COEFFS,
-                        "eps": 1e-6, "adam_b1": 0.8, "adam_b2": 0.99, "adam_learning_rate": LR / 2,
-                        "consistent_rms": 0.3}
+        ours = {
+            "learning_rate": LR,
+            "momentum": 0.9,
+            "nesterov": False,
+            "ns_steps": 4,
+            "ns_coefficients": COEFFS,
+            "adam_b1": 0.8,
+            "adam_b2": 0.99,
+            "adam_learning_rate": LR / 2,
+            "weight_decay": 0.0,
+            "adam_weight_decay": 0.0,
+        }
+        torch = (
+            {
+                "lr": LR,
+                "momentum": 0.9,
+                "nesterov": False,
+                "ns_steps": 4,
+                "ns_coefficients": COEFFS,
+                "eps": 1e-6,
+                "weight_decay": 0.0,
+            },
+            {"lr": LR / 2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.0},
+            None,
+        )
+        keras = (
+            {
+                "learning_rate": LR,
+                "momentum": 0.9,
+                "nesterov": False,
+                "ns_steps": 4,
+                "muon_a": COEFFS[0],
+                "muon_b": COEFFS[1],
+                "muon_c": COEFFS[2],
+                "adam_beta_1": 0.8,
+                "adam_beta_2": 0.99,
+                "adam_lr_ratio": 0.5,
+                "epsilon": 1e-6,
+                "weight_decay": None,
+                "adam_weight_decay": None,
+                "rms_rate": 0.3,
+            },
+            None,
+        )
+        optax_kwargs = {
+            "learning_rate": LR,
+            "beta": 0.9,
+            "nesterov": False,
+            "ns_steps": 4,
+            "ns_coeffs": COEFFS,
+            "eps": 1e-6,
+            "adam_b1": 0.8,
+            "adam_b2": 0.99,
+            "adam_learning_rate": LR / 2,
+            "consistent_rms": 0.3,
+        }
         return ours, torch, keras, optax_kwargs
     if name == "weight_decay":
         ours = {"learning_rate": LR, "weight_decay": 0.05, "adam_weight_decay": 0.02}
@@ -177,9 +219,11 @@ def case(name):
 def ours_for(name, convention):
     ours = dict(case(name)[0])
     if name == "hyperparameters":  # each peer's spelling of the same knobs (Keras's NS eps is fixed at 1e-7)
-        ours |= {"torch": {"eps": 1e-6, "adam_eps": 1e-6, "consistent_rms": 0.2},
-                 "keras": {"adam_eps": 1e-6, "consistent_rms": 0.3},
-                 "optax": {"eps": 1e-6, "consistent_rms": 0.3}}[convention]
+        ours |= {
+            "torch": {"eps": 1e-6, "adam_eps": 1e-6, "consistent_rms": 0.2},
+            "keras": {"adam_eps": 1e-6, "consistent_rms": 0.3},
+            "optax": {"eps": 1e-6, "consistent_rms": 0.3},
+        }[convention]
     return ours
 
 
@@ -223,8 +267,9 @@ def test_torch_muon_alone_on_matrices():
     muon_kwargs = {"lr": LR, "momentum": 0.9, "weight_decay": 0.05, "eps": 1e-6, "ns_steps": 6}
     with torch_ns_in_float64():
         peer = run_torch(muon_kwargs, {}, problem=MATRIX_PROBLEM)
-    ours = run_adamfx("torch", problem=MATRIX_PROBLEM, learning_rate=LR, momentum=0.9, weight_decay=0.05, eps=1e-6,
-                      ns_steps=6)
+    ours = run_adamfx(
+        "torch", problem=MATRIX_PROBLEM, learning_rate=LR, momentum=0.9, weight_decay=0.05, eps=1e-6, ns_steps=6
+    )
     assert peers.max_abs_diff(ours, peer) <= 1e-10, peers.max_abs_diff(ours, peer)
 
 
@@ -260,8 +305,9 @@ def test_shipped_bfloat16_torch_at_its_own_spread():
 # -- Jordan et al.'s algorithm in NumPy -------------------------------------------------------------
 
 
-def numpy_muon(problem, steps, lr=LR, momentum=0.95, weight_decay=0.1, coefficients=(3.4445, -4.7750, 2.0315),
-               ns_steps=5, eps=1e-7):
+def numpy_muon(
+    problem, steps, lr=LR, momentum=0.95, weight_decay=0.1, coefficients=(3.4445, -4.7750, 2.0315), ns_steps=5, eps=1e-7
+):
     """Muon as Jordan et al. (2024; github.com/KellerJordan/Muon, ``muon_update``) write it, in NumPy float64.
 
     Matrices only: EMA momentum, Nesterov look-ahead, Newton-Schulz on the wide orientation,

@@ -98,14 +98,32 @@ class MuonSplit(Stage):
 
 
 def _adam_leaves(
-    conv: MuonConvention, convention: str, *, learning_rate, adam_learning_rate, b1, b2, eps, weight_decay, nesterov,
-    decay, weight_decay_mask, mu_dtype, nu_dtype,
+    conv: MuonConvention,
+    convention: str,
+    *,
+    learning_rate,
+    adam_learning_rate,
+    b1,
+    b2,
+    eps,
+    weight_decay,
+    nesterov,
+    decay,
+    weight_decay_mask,
+    mu_dtype,
+    nu_dtype,
 ) -> GradientTransformation:
     """The convention's AdamW for the non-matrix leaves, from :func:`adamfx.adamw`'s stages."""
     moments = {"b1": b1, "b2": b2, "eps": eps, "decay": decay, "mu_dtype": mu_dtype, "nu_dtype": nu_dtype}
     if conv.adam_decay_rate == "adam" or checks.is_static_zero(weight_decay):
-        return adamw(adam_learning_rate, weight_decay=weight_decay, weight_decay_mask=weight_decay_mask,
-                     nesterov=nesterov, convention=convention, **moments)
+        return adamw(
+            adam_learning_rate,
+            weight_decay=weight_decay,
+            weight_decay_mask=weight_decay_mask,
+            nesterov=nesterov,
+            convention=convention,
+            **moments,
+        )
     # Keras decays every variable with the main learning rate: p -= lr wd p, whatever adam_lr_ratio.
     return chain(
         adam(adam_learning_rate, weight_decay=None, nesterov=nesterov, convention=convention, **moments),
@@ -219,8 +237,13 @@ def muon(
     conv = conventions.lookup(MUON_CONVENTIONS, convention)
     checks.check_hyperparameter("learning_rate", learning_rate)
     conventions.require("muon", momentum=momentum, adam_b1=adam_b1, adam_b2=adam_b2)
-    for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2), ("adam_eps", adam_eps),
-                        ("adam_weight_decay", adam_weight_decay), ("adam_learning_rate", adam_learning_rate)):
+    for name, value in (
+        ("adam_b1", adam_b1),
+        ("adam_b2", adam_b2),
+        ("adam_eps", adam_eps),
+        ("adam_weight_decay", adam_weight_decay),
+        ("adam_learning_rate", adam_learning_rate),
+    ):
         checks.check_hyperparameter(name, value)
     if consistent_rms is not False:
         checks.check_hyperparameter("consistent_rms", consistent_rms)
@@ -234,19 +257,34 @@ def muon(
         scale_by_shape(conv.shape_rule, rms),
     ]
     matrices = conventions.finish(
-        core, conv, learning_rate=learning_rate, decay=decay, decoupled=True,
-        weight_decay=conventions.pick(weight_decay, conv.weight_decay), weight_decay_mask=weight_decay_mask,
+        core,
+        conv,
+        learning_rate=learning_rate,
+        decay=decay,
+        decoupled=True,
+        weight_decay=conventions.pick(weight_decay, conv.weight_decay),
+        weight_decay_mask=weight_decay_mask,
     )
     others = _adam_leaves(
-        conv, convention, learning_rate=learning_rate,
-        adam_learning_rate=conventions.pick(adam_learning_rate, learning_rate), b1=adam_b1, b2=adam_b2,
+        conv,
+        convention,
+        learning_rate=learning_rate,
+        adam_learning_rate=conventions.pick(adam_learning_rate, learning_rate),
+        b1=adam_b1,
+        b2=adam_b2,
         eps=conventions.pick(adam_eps, conventions.pick(conv.adam_eps, eps)),
         weight_decay=conventions.pick(adam_weight_decay, conv.adam_weight_decay),
-        nesterov=bool(nesterov) and conv.adam_nesterov, decay=decay, weight_decay_mask=weight_decay_mask,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        nesterov=bool(nesterov) and conv.adam_nesterov,
+        decay=decay,
+        weight_decay_mask=weight_decay_mask,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
     )
     gradient = gradient_stages(
-        maximize=maximize, loss_scale_factor=loss_scale_factor, clipnorm=clipnorm, clipvalue=clipvalue,
+        maximize=maximize,
+        loss_scale_factor=loss_scale_factor,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
         global_clipnorm=global_clipnorm,
     )
     split = MuonSplit(stage_of(matrices), stage_of(others), checks.freeze(muon_mask)).transform()

@@ -91,8 +91,9 @@ class NewtonSchulz(Stage):
 
     def update(self, updates, state, params=None, **extra_args):
         if isinstance(updates, Moments):
-            updates = jax.tree.map(lambda m, g: m.astype(g.dtype), require_moments(updates, "orthogonalize").mu,
-                                   updates.grad)
+            updates = jax.tree.map(
+                lambda m, g: m.astype(g.dtype), require_moments(updates, "orthogonalize").mu, updates.grad
+            )
 
         def leaf(path, u):
             if u.ndim < 2:
@@ -100,8 +101,9 @@ class NewtonSchulz(Stage):
                     f"orthogonalize: leaf {jax.tree_util.keystr(path)} has shape {u.shape}; Newton-Schulz needs a "
                     "matrix (or a stack of matrices): send it to Adam (muon's muon_mask)."
                 )
-            x = newton_schulz(u.astype(self.ns_dtype), self.ns_coefficients, self.ns_steps, state.hyperparams["eps"],
-                              self.eps_form)
+            x = newton_schulz(
+                u.astype(self.ns_dtype), self.ns_coefficients, self.ns_steps, state.hyperparams["eps"], self.eps_form
+            )
             return x.astype(u.dtype)
 
         return jax.tree_util.tree_map_with_path(leaf, updates), state
