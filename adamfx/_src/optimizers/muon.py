@@ -25,12 +25,13 @@ class MuonConvention(NamedTuple):
     """How one peer writes Muon; each field picks a default or a composition."""
 
     learning_rate: float
+    weight_decay: str  # "decoupled" in every peer: p -= lr wd p
     eps: float  # Newton-Schulz normalisation eps
-    eps_form: str  # "clamp" max(||X||, eps) or "add" ||X|| + eps
+    eps_placement: str  # "clamp" max(||X||_F, eps) or "outside" ||X||_F + eps
     momentum_form: str  # "ema" (uncorrected), "ema_corrected" (bias-corrected) or "sum"
     shape_rule: str  # width rule without consistent_rms: "rows/cols", "cols/rows" or "none"
     consistent_rms: float | None  # default consistent_rms (None: the width rule)
-    weight_decay: float  # default Muon weight decay, decoupled p -= lr wd p
+    muon_weight_decay: float  # default weight_decay of the matrices
     adam_eps: float | None  # default Adam eps (None: Muon's eps)
     adam_weight_decay: float  # default AdamW weight decay
     adam_nesterov: bool  # the Adam leaves take muon's nesterov (optax: NAdamW) or plain AdamW
@@ -38,9 +39,11 @@ class MuonConvention(NamedTuple):
 
 
 MUON_CONVENTIONS = {
-    "torch": MuonConvention(1e-3, 1e-7, "clamp", "ema", "rows/cols", None, 0.1, 1e-8, 1e-2, False, "adam"),
-    "keras": MuonConvention(1e-3, 1e-7, "add", "sum", "none", 0.2, 4e-3, 1e-7, 4e-3, False, "muon"),
-    "optax": MuonConvention(1e-3, 1e-8, "add", "ema_corrected", "cols/rows", None, 0.0, None, 0.0, True, "adam"),
+    "torch": MuonConvention(1e-3, "decoupled", 1e-7, "clamp", "ema", "rows/cols", None, 0.1, 1e-8, 1e-2, False, "adam"),
+    "keras": MuonConvention(1e-3, "decoupled", 1e-7, "outside", "sum", "none", 0.2, 4e-3, 1e-7, 4e-3, False, "muon"),
+    "optax": MuonConvention(
+        1e-3, "decoupled", 1e-8, "outside", "ema_corrected", "cols/rows", None, 0.0, None, 0.0, True, "adam"
+    ),
 }
 
 
@@ -132,6 +135,7 @@ def _adam_leaves(
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def muon(
     learning_rate: Any = 1e-3,
     ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
@@ -149,16 +153,10 @@ def muon(
     adam_learning_rate: Any = None,
     ns_dtype: Any = "float32",
     muon_mask: Any = None,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""Muon (Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"), with AdamW.
 
@@ -253,16 +251,16 @@ def muon(
     rms = None if consistent_rms is False else conventions.pick(consistent_rms, conv.consistent_rms)
     core = [
         *_momentum_stages(conv.momentum_form, momentum, bool(nesterov), mu_dtype),
-        orthogonalize(ns_coefficients, ns_steps, eps, eps_form=conv.eps_form, ns_dtype=ns_dtype),
+        orthogonalize(ns_coefficients, ns_steps, eps, eps_placement=conv.eps_placement, ns_dtype=ns_dtype),
         scale_by_shape(conv.shape_rule, rms),
     ]
+    decay, weight_decay_mask = options.pop("decay"), options.pop("weight_decay_mask")
     matrices = conventions.finish(
         core,
         conv,
         learning_rate=learning_rate,
         decay=decay,
-        decoupled=True,
-        weight_decay=conventions.pick(weight_decay, conv.weight_decay),
+        weight_decay=conventions.pick(weight_decay, conv.muon_weight_decay),
         weight_decay_mask=weight_decay_mask,
     )
     others = _adam_leaves(
@@ -280,12 +278,6 @@ def muon(
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
     )
-    gradient = gradient_stages(
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-    )
+    gradient = gradient_stages(**options)  # on the whole tree, first (Keras: global_clipnorm over every variable)
     split = MuonSplit(stage_of(matrices), stage_of(others), checks.freeze(muon_mask)).transform()
     return chain(*gradient, split) if gradient else split

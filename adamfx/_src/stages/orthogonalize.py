@@ -33,13 +33,14 @@ from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage, identity_state
 from adamfx._src.core.numerics import compute_dtype, scalar_like
+from adamfx._src.stages import eps as eps_vocabulary
 from adamfx._src.stages.moments import Moments
 from adamfx._src.stages.moments import _require_moments as require_moments
 
-EPS_FORMS = ("clamp", "add")
+PLACEMENTS = ("outside", "clamp")  # the eps vocabulary of adamfx._src.stages.eps, applied to ||X||_F
 
 
-def newton_schulz(x: jax.Array, coefficients: tuple, steps: int, eps: jax.Array, eps_form: str) -> jax.Array:
+def newton_schulz(x: jax.Array, coefficients: tuple, steps: int, eps: jax.Array, eps_placement: str) -> jax.Array:
     """The quintic Newton-Schulz iteration on the last two axes of ``x`` (in ``x``'s dtype).
 
     Products and sums accumulate in at least float32 and round to ``x``'s dtype once per
@@ -58,7 +59,7 @@ def newton_schulz(x: jax.Array, coefficients: tuple, steps: int, eps: jax.Array,
     xa = x.astype(acc)
     norm = jnp.sqrt(jnp.sum(xa * xa, axis=(-2, -1), keepdims=True)).astype(dtype)
     eps = scalar_like(eps, x)
-    x = x / (jnp.maximum(norm, eps) if eps_form == "clamp" else norm + eps)
+    x = x / (jnp.maximum(norm, eps) if eps_placement == "clamp" else norm + eps)
 
     def iteration(_, x):
         gram = mm(x, jnp.swapaxes(x, -1, -2)).astype(dtype)  # A = X X^T
@@ -82,9 +83,13 @@ class NewtonSchulz(Stage):
     ns_coefficients: tuple[float, float, float]
     ns_steps: int
     eps: float
-    eps_form: str  # "clamp": X / max(||X||_F, eps) (PyTorch); "add": X / (||X||_F + eps) (Keras, optax)
+    eps_placement: str  # "clamp": X / max(||X||_F, eps) (PyTorch); "outside": X / (||X||_F + eps) (Keras, optax)
     ns_dtype: str  # the dtype the iteration runs in
     elementwise: ClassVar[bool] = False  # a matrix function of each leaf
+
+    def __post_init__(self):
+        super().__post_init__()
+        eps_vocabulary.check_placement(self.eps_placement, PLACEMENTS)
 
     def init(self, params):
         return OrthogonalizeState(hp.as_arrays(eps=self.eps))
@@ -102,7 +107,11 @@ class NewtonSchulz(Stage):
                     "matrix (or a stack of matrices): send it to Adam (muon's muon_mask)."
                 )
             x = newton_schulz(
-                u.astype(self.ns_dtype), self.ns_coefficients, self.ns_steps, state.hyperparams["eps"], self.eps_form
+                u.astype(self.ns_dtype),
+                self.ns_coefficients,
+                self.ns_steps,
+                state.hyperparams["eps"],
+                self.eps_placement,
             )
             return x.astype(u.dtype)
 
@@ -114,21 +123,20 @@ def orthogonalize(
     ns_steps: int = 5,
     eps: float = 1e-7,
     *,
-    eps_form: str = "add",
+    eps_placement: str = "outside",
     ns_dtype="float32",
 ):
     """Newton-Schulz orthogonalization of each matrix leaf (Jordan et al., 2024), see the module docstring.
 
     Takes the :class:`adamfx.Moments` of a moments stage (its ``mu``) or
-    parameter-shaped updates (a :func:`adamfx.trace` buffer). ``eps_form``:
-    ``"clamp"`` divides by ``max(||X||_F, eps)`` (PyTorch), ``"add"`` by
+    parameter-shaped updates (a :func:`adamfx.trace` buffer). ``eps_placement``:
+    ``"clamp"`` divides by ``max(||X||_F, eps)`` (PyTorch), ``"outside"`` by
     ``||X||_F + eps`` (Keras, optax). ``ns_dtype``: the iteration's dtype
     (float32; PyTorch runs it in bfloat16). ``ns_coefficients`` (a, b, c) and
     ``ns_steps`` are fixed at construction (the loop is unrolled; a traced ``ns_steps``, as
     ``optax.inject_hyperparams`` passes, runs as a ``fori_loop``). State: ``eps``.
     Not elementwise. Used by :func:`adamfx.muon`.
     """
-    checks.check_choice("eps_form", eps_form, EPS_FORMS)
     coefficients = tuple(ns_coefficients) if isinstance(ns_coefficients, (tuple, list)) else ()
     if len(coefficients) != 3 or not all(checks.is_concrete(c) and math.isfinite(c) for c in coefficients):
         raise ValueError(f"ns_coefficients={ns_coefficients!r} is invalid: it must be three finite numbers (a, b, c).")
@@ -142,7 +150,7 @@ def orthogonalize(
         dtype = None
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"ns_dtype={ns_dtype!r} is invalid: it must be a real JAX float dtype (jnp.float32, ...).")
-    return NewtonSchulz(tuple(float(c) for c in coefficients), ns_steps, eps, eps_form, dtype.name).transform()
+    return NewtonSchulz(tuple(float(c) for c in coefficients), ns_steps, eps, eps_placement, dtype.name).transform()
 
 
 class ScaleByShapeState(NamedTuple):
