@@ -186,3 +186,20 @@ def test_float32_default_runs_within_1e5_of_the_float64_peer():
     with jax.enable_x64(True):
         ref = peers.run_transform(optax.contrib.muon(0.02), problem, 30, np.float64)
     assert peers.max_rel_diff(ours, ref) <= 1e-5, peers.max_rel_diff(ours, ref)
+
+
+def test_a_checkpoint_round_trips_through_msgpack_and_resumes_identically():
+    from flax import serialization
+
+    shapes = {"w": (6, 4), "b": (4,)}
+    tx = adamfx.muon(0.02, mu_dtype=jnp.bfloat16, convention="keras")
+    params, state = _run(tx, shapes, steps=3)
+    raw = serialization.msgpack_restore(serialization.to_bytes(state))
+    restored = adamfx.restore_state(tx, params, raw)
+    grads = jax.tree.map(jnp.ones_like, params)
+    step = jax.jit(tx.update)
+    resumed, original = step(grads, restored, params), step(grads, state, params)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(original), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="does not match"):
+        adamfx.check_compatible(adamfx.muon(0.02, convention="keras"), params, raw)  # float32 momentum expected
