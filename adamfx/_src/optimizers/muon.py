@@ -100,6 +100,12 @@ class MuonSplit(Stage):
         return self._partition().update(updates, state, params, **extra_args)
 
 
+def _stage(tx: GradientTransformation) -> Stage:
+    stage = stage_of(tx)
+    assert stage is not None, "an adamfx chain is a stage"
+    return stage
+
+
 def _adam_leaves(
     conv: MuonConvention,
     convention: str,
@@ -246,12 +252,12 @@ def muon(
     if consistent_rms is not False:
         checks.check_hyperparameter("consistent_rms", consistent_rms)
     checks.check_mask("muon_mask", checks.freeze(muon_mask))
-    eps = conventions.pick(eps, conv.eps)
+    eps_value: float = conventions.pick(eps, conv.eps)
     learning_rate = conventions.pick(learning_rate, conv.learning_rate)
     rms = None if consistent_rms is False else conventions.pick(consistent_rms, conv.consistent_rms)
     core = [
         *_momentum_stages(conv.momentum_form, momentum, bool(nesterov), mu_dtype),
-        orthogonalize(ns_coefficients, ns_steps, eps, eps_placement=conv.eps_placement, ns_dtype=ns_dtype),
+        orthogonalize(ns_coefficients, ns_steps, eps_value, eps_placement=conv.eps_placement, ns_dtype=ns_dtype),
         scale_by_shape(conv.shape_rule, rms),
     ]
     decay, weight_decay_mask = options.pop("decay"), options.pop("weight_decay_mask")
@@ -270,7 +276,7 @@ def muon(
         adam_learning_rate=conventions.pick(adam_learning_rate, learning_rate),
         b1=adam_b1,
         b2=adam_b2,
-        eps=conventions.pick(adam_eps, conventions.pick(conv.adam_eps, eps)),
+        eps=conventions.pick(adam_eps, conventions.pick(conv.adam_eps, eps_value)),
         weight_decay=conventions.pick(adam_weight_decay, conv.adam_weight_decay),
         nesterov=bool(nesterov) and conv.adam_nesterov,
         decay=decay,
@@ -279,5 +285,5 @@ def muon(
         nu_dtype=nu_dtype,
     )
     gradient = gradient_stages(**options)  # on the whole tree, first (Keras: global_clipnorm over every variable)
-    split = MuonSplit(stage_of(matrices), stage_of(others), checks.freeze(muon_mask)).transform()
+    split = MuonSplit(_stage(matrices), _stage(others), checks.freeze(muon_mask)).transform()
     return chain(*gradient, split) if gradient else split

@@ -141,7 +141,8 @@ def orthogonalize(
     if len(coefficients) != 3 or not all(checks.is_concrete(c) and math.isfinite(c) for c in coefficients):
         raise ValueError(f"ns_coefficients={ns_coefficients!r} is invalid: it must be three finite numbers (a, b, c).")
     ns_steps = checks.as_python_scalar(ns_steps)
-    traced = isinstance(ns_steps, jax.core.Tracer) and jnp.issubdtype(ns_steps.dtype, jnp.integer)
+    traced = isinstance(ns_steps, jax.Array) and not checks.is_concrete(ns_steps)
+    traced = traced and jnp.issubdtype(jnp.result_type(ns_steps), jnp.integer)
     if not traced and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
         raise ValueError(f"ns_steps={ns_steps!r} is invalid: it must be an int >= 1.")
     try:
@@ -150,7 +151,8 @@ def orthogonalize(
         dtype = None
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"ns_dtype={ns_dtype!r} is invalid: it must be a real JAX float dtype (jnp.float32, ...).")
-    return NewtonSchulz(tuple(float(c) for c in coefficients), ns_steps, eps, eps_placement, dtype.name).transform()
+    a, b, c = (float(c) for c in coefficients)
+    return NewtonSchulz((a, b, c), ns_steps, eps, eps_placement, dtype.name).transform()
 
 
 class ScaleByShapeState(NamedTuple):
@@ -206,8 +208,8 @@ class NesterovLerp(Stage):
     def init(self, params):
         return identity_state()
 
-    def update(self, moments, state, params=None, **extra_args):
-        moments = require_moments(moments, "nesterov_lerp")
+    def update(self, updates, state, params=None, **extra_args):
+        moments = require_moments(updates, "nesterov_lerp")
         c = moments.one_minus_b1  # 1 - momentum
 
         def leaf(m, g):  # g + mu (m - g) = mu m + (1 - mu) g
