@@ -20,6 +20,7 @@ from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
 from adamfx._src.optimizers.adopt import adopt  # adabelief, adopt (issue 12)
 from adamfx._src.optimizers.ademamix import ademamix  # ademamix
+from adamfx._src.optimizers.muon import MuonSplit, muon
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.prodigy import prodigy  # prodigy
 from adamfx._src.optimizers.radam import radam
@@ -48,6 +49,7 @@ from adamfx._src.stages.slow_ema import slow_ema  # ademamix
 from adamfx._src.stages.relative_step import relative_step_size
 from adamfx._src.stages.update_average import ema_of_updates
 from adamfx._src.stages.update_clipping import clip_by_block_rms
+from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -70,6 +72,7 @@ __all__ = [
     "Int8Storage",
     "Moments",
     "ScheduleFreeState",
+    "MuonSplit",
     "Stage",
     "Storage",
     "accumulate_squares",
@@ -112,12 +115,15 @@ __all__ = [
     "max_nu",
     "moving_average",
     "multi_steps",
+    "muon",
     "nadam",
     "nadamw",
     "negate",
+    "nesterov_lerp",
     "nesterov_momentum",
     "normalize",
     "normalize_by_previous",
+    "orthogonalize",
     "partition",
     "quarter_power",
     "prodigy",  # prodigy
@@ -131,6 +137,7 @@ __all__ = [
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedule_free_sgd",
+    "scale_by_shape",
     "set_hyperparams",
     "sgd",
     "slow_ema",  # ademamix

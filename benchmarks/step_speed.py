@@ -14,9 +14,11 @@ Contenders: ``adamfx.adam``; ``adamfx.fused(adamfx.adam)``; ``adamfx.adam`` on
 flat parameters (``adamfx.flat_params``: params and grads are one buffer per
 dtype, as in a training loop that keeps them flat); ``optax.adam``;
 ``optax.flatten(optax.adam)``; ``torch.optim.Adam(fused=True)`` and
-``(foreach=True)``; and the memory floor: a jitted elementwise pass that reads
-4 and writes 3 arrays of the total parameter count (what an fp32 Adam step must
-move: 28 bytes per parameter). ``GB/s`` is 28 bytes/param over the time.
+``(foreach=True)``; on the transformer case also ``adamfx.muon`` (its MLP matrices through
+Newton-Schulz, the rest AdamW), ``adamfx.adamw`` and ``newton-schulz`` (a momentum buffer and Muon's
+orthogonalization of the same matrices alone: its share of the Muon step); and the memory
+floor: a jitted elementwise pass that reads 4 and writes 3 arrays of the total parameter
+count (what an fp32 Adam step must move: 28 bytes per parameter). ``GB/s`` is 28 bytes/param over the time.
 
 Run::
 
@@ -126,6 +128,15 @@ def jax_runner(step, params, state, grads, mode, scan_steps):
     return run
 
 
+def muon_mask(params):
+    """Muon's leaves in the transformer: the 2-D kernels, less the embeddings and the output head."""
+
+    def chosen(path, p):
+        return p.ndim == 2 and path[0].key not in ("embed", "head", "pos")
+
+    return jax.tree_util.tree_map_with_path(chosen, params)
+
+
 def jax_contenders(params):
     """name -> (step, params, state, grads) builders; each builds fresh buffers."""
 
@@ -152,6 +163,12 @@ def jax_contenders(params):
         "optax.adam": tree(optax.adam(LR)),
         "optax.flatten(adam)": tree(optax.flatten(optax.adam(LR))),
         "floor": floor,
+        # muon (the transformer case adds these, see MUON_CONTENDERS)
+        "adamfx.adamw": tree(adamfx.adamw(LR)),
+        "adamfx.muon": tree(adamfx.muon(LR, muon_mask=muon_mask)),
+        # A momentum buffer in front keeps Newton-Schulz inside lax.scan (of constant gradients alone, XLA
+        # hoists it out of the loop); the buffer is one elementwise pass over the matrices.
+        "newton-schulz": tree(optax.masked(adamfx.chain(optax.trace(0.95), adamfx.orthogonalize()), muon_mask)),
         # Not in the default set (see --contenders): fused with every leaf packed.
         "adamfx.fused(adam, pack all)": tree(adamfx.fused(adamfx.adam(LR), pack_below=None)),
     }
@@ -167,6 +184,8 @@ DEFAULT_CONTENDERS = [
     "torch foreach",
     "floor",
 ]
+
+MUON_CONTENDERS = ["adamfx.adamw", "adamfx.muon", "newton-schulz"]  # added on the transformer case
 
 
 # ---------------------------------------------------------------------------- PyTorch contenders
@@ -203,6 +222,8 @@ def torch_runner(params, flavour: str, device: str):
 
 
 def measure_case(name, params, mode, contenders, args, device):
+    if name == "transformer" and not args.no_muon:
+        contenders = list(dict.fromkeys([*contenders, *MUON_CONTENDERS]))
     builders = jax_contenders(params)
     runners = {}
     for contender in contenders:
@@ -238,8 +259,14 @@ def measure_case(name, params, mode, contenders, args, device):
         )
     by_name = {r["contender"]: r["median_s"] for r in rows}
     for r in rows:
-        for ref in (REFERENCE, "torch fused", "floor"):
+        for ref in (REFERENCE, "torch fused", "floor", "adamfx.adamw", "adamfx.muon"):
             r[f"vs {ref}"] = r["median_s"] / by_name[ref] if ref in by_name else None
+    if "adamfx.muon" in by_name and "adamfx.adamw" in by_name and "newton-schulz" in by_name:
+        print(
+            f"{name} {mode}: adamfx.muon {by_name['adamfx.muon'] / by_name['adamfx.adamw']:.2f}x adamfx.adamw; "
+            f"Newton-Schulz alone {by_name['newton-schulz'] / by_name['adamfx.muon']:.0%} of the Muon step",
+            flush=True,
+        )
     del runners, builders
     gc.collect()
     return rows
@@ -269,6 +296,7 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, help="timed calls per contender in call mode (default 30)")
     parser.add_argument("--scan-samples", type=int, help="timed scans per contender (default 5)")
     parser.add_argument("--scan-steps", type=int, help="steps per lax.scan (default 50)")
+    parser.add_argument("--no-muon", action="store_true", help="leave the Muon rows out of the transformer case")
     parser.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth, for '%% peak'")
     parser.add_argument("--out", type=Path, default=harness.OUT, help="folder for JSON and PNG")
     args = parser.parse_args(argv)

@@ -87,6 +87,13 @@ RANGES: Mapping[str, Range] = {
 #: Arguments whose default is a number but that take ``None`` to switch something off, by factory name.
 NONE_ALLOWED: Mapping[str, tuple[str, ...]] = {
     "adafactor": ("clipping_threshold",),  # optax: None disables the update clipping
+    # muon (torch.optim.Muon checks lr, momentum, weight_decay >= 0; the Adam leaves take AdamW's ranges)
+    "consistent_rms": NONNEGATIVE,
+    "adam_b1": RATE,
+    "adam_b2": RATE,
+    "adam_eps": NONNEGATIVE,
+    "adam_weight_decay": NONNEGATIVE,
+    "adam_learning_rate": NONNEGATIVE,
 }
 
 
@@ -191,6 +198,19 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
         "eps": 1e-30,
         "eps_scale": 1e-3,
         "weight_decay": 1e-4,
+    # muon: the names its two groups share (learning_rate, eps, weight_decay) get equal values in both, so
+    # that hyperparams(state) reads one value for each without group=
+    adamfx.muon: {
+        "learning_rate": 2e-2,
+        "momentum": 0.95,
+        "eps": 1e-8,
+        "weight_decay": 1e-2,
+        "consistent_rms": 0.2,
+        "adam_b1": 0.9,
+        "adam_b2": 0.999,
+        "adam_eps": 1e-8,
+        "adam_weight_decay": 1e-2,
+        "adam_learning_rate": 2e-2,
         "decay": 0.0,
     },
 }

@@ -90,6 +90,13 @@ HYPERPARAMETERS: dict[str, Range] = {
     "d0": Range(),  # Prodigy: the initial distance estimate (0: d never moves)
     "d_coef": Range(),  # Prodigy: factor on the estimate
     "growth_rate": Range(1.0, optional=True),  # Prodigy: most d may grow per step; None (inf): unlimited
+    # muon
+    "consistent_rms": Range(optional=True),  # Liu et al.'s RMS factor; None: the width rule
+    "adam_b1": _RATE,
+    "adam_b2": _RATE,
+    "adam_eps": Range(optional=True),
+    "adam_weight_decay": Range(schedule=True, optional=True),
+    "adam_learning_rate": Range(schedule=True, optional=True),
 }
 
 _ANY_NUMBER = Range(-math.inf)  # a hyperparameter this table does not know (a foreign stage's)

@@ -136,6 +136,13 @@ def _own_values(stage_state: Any) -> dict[str, Any]:
     return values
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two concrete hyperparameter values are equal (a name shared by groups reads as one value)."""
+    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        return False
+    return bool(jnp.array_equal(a, b))
+
+
 def hyperparams(state: Any, group: Any = None) -> dict[str, jax.Array]:
     """The current hyperparameters of an optimizer state, by name.
 
@@ -144,7 +151,7 @@ def hyperparams(state: Any, group: Any = None) -> dict[str, jax.Array]:
     shows the value applied at the last step (after the schedule and the legacy
     ``decay``); before the first step, the schedule's value at step 0.
     ``group`` selects one parameter group (see the module docstring); a name
-    whose value is kept per group needs it.
+    whose value differs between groups needs it.
 
     >>> import adamfx, jax.numpy as jnp
     >>> state = adamfx.adam(1e-3).init({"w": jnp.zeros(3)})
@@ -158,7 +165,7 @@ def hyperparams(state: Any, group: Any = None) -> dict[str, jax.Array]:
         for name, value in _own_values(stage_state).items():
             if name not in values:
                 values[name], owner[name] = _unwrap(value), labels
-            elif group is None and owner[name] != labels:
+            elif group is None and owner[name] != labels and not _same_value(values[name], _unwrap(value)):
                 per_group.add(name)
     if per_group:
         raise ValueError(
