@@ -18,8 +18,8 @@ from adamfx._src.optimizers.adafactor import adafactor
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
-from adamfx._src.optimizers.adopt import adopt  # adabelief, adopt (issue 12)
 from adamfx._src.optimizers.ademamix import ademamix  # ademamix
+from adamfx._src.optimizers.adopt import adopt  # adabelief, adopt (issue 12)
 from adamfx._src.optimizers.muon import MuonSplit, muon
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.prodigy import prodigy  # prodigy
@@ -31,6 +31,7 @@ from adamfx._src.stages.belief import scale_by_belief  # adabelief, adopt (issue
 from adamfx._src.stages.cautious import cautious, cautious_mask
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
+from adamfx._src.stages.decay_first import decay_first
 from adamfx._src.stages.decorrelated import (  # adabelief, adopt (issue 12)
     clip_by_step,
     moving_average,
@@ -38,18 +39,17 @@ from adamfx._src.stages.decorrelated import (  # adabelief, adopt (issue 12)
     quarter_power,
 )
 from adamfx._src.stages.distance import distance_estimate  # prodigy
-from adamfx._src.stages.decay_first import decay_first
 from adamfx._src.stages.factored_rms import scale_by_factored_rms
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
+from adamfx._src.stages.relative_step import relative_step_size
 from adamfx._src.stages.schedule_free import ScheduleFreeState, decay_before_step, schedule_free
 from adamfx._src.stages.slow_ema import slow_ema  # ademamix
-from adamfx._src.stages.relative_step import relative_step_size
 from adamfx._src.stages.update_average import ema_of_updates
 from adamfx._src.stages.update_clipping import clip_by_block_rms
-from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage

@@ -81,12 +81,6 @@ RANGES: Mapping[str, Range] = {
     "decay_rate": NONNEGATIVE,
     "clipping_threshold": Range(1.0),
     "eps_scale": NONNEGATIVE,
-}
-
-
-#: Arguments whose default is a number but that take ``None`` to switch something off, by factory name.
-NONE_ALLOWED: Mapping[str, tuple[str, ...]] = {
-    "adafactor": ("clipping_threshold",),  # optax: None disables the update clipping
     # muon (torch.optim.Muon checks lr, momentum, weight_decay >= 0; the Adam leaves take AdamW's ranges)
     "consistent_rms": NONNEGATIVE,
     "adam_b1": RATE,
@@ -94,6 +88,12 @@ NONE_ALLOWED: Mapping[str, tuple[str, ...]] = {
     "adam_eps": NONNEGATIVE,
     "adam_weight_decay": NONNEGATIVE,
     "adam_learning_rate": NONNEGATIVE,
+}
+
+
+#: Arguments whose default is a number but that take ``None`` to switch something off, by factory name.
+NONE_ALLOWED: Mapping[str, tuple[str, ...]] = {
+    "adafactor": ("clipping_threshold",),  # optax: None disables the update clipping
 }
 
 
@@ -189,6 +189,7 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
         "d0": 1e-6,
         "d_coef": 1.0,
         "weight_decay": 1e-2,
+    },
     # adafactor
     adamfx.adafactor: {
         "learning_rate": 1e-2,
@@ -198,6 +199,7 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
         "eps": 1e-30,
         "eps_scale": 1e-3,
         "weight_decay": 1e-4,
+    },
     # muon: the names its two groups share (learning_rate, eps, weight_decay) get equal values in both, so
     # that hyperparams(state) reads one value for each without group=
     adamfx.muon: {
