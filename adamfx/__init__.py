@@ -16,6 +16,8 @@ from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state
 from adamfx._src.optimizers.adagrad import adagrad
 from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
+from adamfx._src.optimizers.lamb import lamb
+from adamfx._src.optimizers.lion import lion
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.radam import radam
 from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
@@ -27,6 +29,8 @@ from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
 from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.sign import lion_momentum, sign
+from adamfx._src.stages.trust_ratio import trust_ratio
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -78,6 +82,9 @@ __all__ = [
     "hyperparams",
     "infinity_norm",
     "init_sharded",
+    "lamb",
+    "lion",
+    "lion_momentum",
     "lr_decay",
     "masked",
     "max_nu",
@@ -95,10 +102,12 @@ __all__ = [
     "scale_by_moments",
     "set_hyperparams",
     "sgd",
+    "sign",
     "state_shardings",
     "sweep",
     "sweep_params",
     "trace",
+    "trust_ratio",
     "unscale_loss",
     "update_rms",
     "with_ema",

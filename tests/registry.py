@@ -123,10 +123,15 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
     adamfx.adamax: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.adamaxw: {"learning_rate": 2e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "decay": 0.0, "weight_decay": 1e-4},
     adamfx.radam: {**_ADAM, "threshold": 5.0, "weight_decay": 1e-4},
+    # lion, lamb
+    adamfx.lion: {"learning_rate": 1e-4, "b1": 0.9, "b2": 0.99, "decay": 0.0, "weight_decay": 1e-3},
+    adamfx.lamb: {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-6, "decay": 0.0, "weight_decay": 1e-2},
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
-CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {}
+CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
+    adamfx.lamb: ("optax", "keras"),  # lamb: PyTorch has no LAMB
+}
 
 OPTIMIZERS: tuple[Entry, ...] = tuple(
     Entry(factory, convention, hyperparams)
