@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
@@ -18,34 +20,30 @@ class LambConvention(NamedTuple):
 
     learning_rate: float
     eps: float
+    eps_placement: str  # "outside": sqrt(v^) + eps (both peers)
     decay_in_ratio: bool  # weight decay inside the update the ratio rescales (optax) or outside it (Keras)
-    weight_decay: str = "decoupled"
+    weight_decay: str = "decoupled"  # (finish's field; the decay stages are placed by lamb itself)
 
 
 LAMB_CONVENTIONS = {
-    "optax": LambConvention(1e-3, 1e-6, True),
-    "keras": LambConvention(1e-3, 1e-7, False),
+    "optax": LambConvention(1e-3, 1e-6, "outside", True),  # optax.lamb has no default lr: Keras's
+    "keras": LambConvention(1e-3, 1e-7, "outside", False),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def lamb(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
-    weight_decay: Any = 0.0,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""LAMB (You et al., 2020, "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", Alg. 2).
 
@@ -90,23 +88,18 @@ def lamb(
     conv = conventions.lookup(LAMB_CONVENTIONS, convention)
     conventions.require("lamb", learning_rate=learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
     eps = conventions.pick(eps, conv.eps)
-    adam_core = [scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype), bias_correction(), normalize(eps)]
+    adam_core = [
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+        bias_correction(),
+        normalize(eps, eps_placement=conv.eps_placement),
+    ]
     # The decay stages are kept at weight_decay=0 too (as optax.lamb does): the state's structure must not
     # depend on whether optax.inject_hyperparams made the 0 an array.
-    decayed = add_decayed_weights(weight_decay, weight_decay_mask)
+    mask = options.pop("weight_decay_mask")  # the decay stages are placed here, not by finish
+    decayed = add_decayed_weights(weight_decay, mask)
     if conv.decay_in_ratio:  # u = a + wd p, then the ratio
         core = [*adam_core, decayed, trust_ratio()]
     else:  # the ratio of ||p - lr_t wd p||, then + wd p outside it
-        before = decoupled_weight_decay(weight_decay, learning_rate, decay, weight_decay_mask)
+        before = decoupled_weight_decay(weight_decay, learning_rate, options["decay"], mask)
         core = [*adam_core, trust_ratio(after=before), decayed]
-    return conventions.finish(
-        core,
-        conv,
-        learning_rate=learning_rate,
-        decay=decay,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-    )
+    return conventions.finish(core, conv, learning_rate=learning_rate, **options)

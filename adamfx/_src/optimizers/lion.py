@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
@@ -29,22 +31,17 @@ LION_CONVENTIONS = {
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def lion(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     b1: float = 0.9,
     b2: float = 0.99,
     *,
-    weight_decay: Any = None,
+    weight_decay: ScalarOrSchedule | None = None,
     cautious: bool = False,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
+    **options: Any,
 ) -> GradientTransformation:
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", Program 1).
 
@@ -101,12 +98,6 @@ def lion(
         [cautious_stage(*core, rescale=conv.cautious_rescale)] if cautious else core,
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=conventions.pick(weight_decay, conv.default_weight_decay),
-        weight_decay_mask=weight_decay_mask,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )
