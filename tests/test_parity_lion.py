@@ -286,6 +286,18 @@ def test_set_hyperparams_and_equality():
     assert float(values["learning_rate"]) == pytest.approx(2e-3)
 
 
+@pytest.mark.parametrize("cautious", [False, True])
+def test_state_follows_the_parameter_sharding(cautious):
+    from tests.test_sharding import SPECS, first_mu, host_tree, make_mesh, place, specs_of
+
+    tx = adamfx.lion(1e-3, weight_decay=0.1, mu_dtype=jnp.bfloat16, cautious=cautious)
+    params = place(host_tree(0), make_mesh())
+    sharded = adamfx.init_sharded(tx, params)
+    assert specs_of(first_mu(sharded)) == SPECS
+    updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), sharded, params)
+    assert specs_of(updates) == SPECS
+
+
 def test_unknown_convention():
     with pytest.raises(ValueError, match="'optax', 'keras', 'torch'"):
         adamfx.lion(convention="jax")
