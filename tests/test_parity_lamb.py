@@ -107,6 +107,7 @@ def test_matches_peer(name, convention, dtype):
         assert peers.max_rel_diff(actual, expected) <= 1e-5
 
 
+@pytest.mark.slow
 def test_conventions_differ_with_weight_decay():
     problem = peers.make_problem()
     runs = [peers.run_transform(ours(CASES["weight_decay"], c), problem, 30) for c in PEERS]
@@ -141,7 +142,7 @@ def test_matches_paper():
     assert peers.max_abs_diff(actual, expected) <= 1e-10
 
 
-@pytest.mark.parametrize("convention", list(PEERS))
+@pytest.mark.parametrize("convention", ["optax", pytest.param("keras", marks=pytest.mark.slow)])
 def test_zero_update_keeps_ratio_one(convention):
     """A leaf whose gradient is 0 gets a zero Adam update: ||u|| = 0, ratio 1 (no NaN), as optax does."""
     params = {"w": jnp.ones(3), "z": jnp.ones(2)}
@@ -179,12 +180,14 @@ def test_unknown_convention():
         adamfx.lamb(convention="torch")
 
 
-def test_storages():
+@pytest.mark.parametrize(
+    ("mu_dtype", "nu_dtype"),
+    [("int8", "int8"), pytest.param(jnp.bfloat16, jnp.bfloat16, marks=pytest.mark.slow), (None, "factored")],
+)
+def test_storages(mu_dtype, nu_dtype):
     params = {"w": jnp.ones((32, 64))}
-    for mu_dtype, nu_dtype in ((jnp.bfloat16, jnp.bfloat16), ("int8", "int8"), (None, "factored")):
-        tx = adamfx.lamb(1e-2, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
-        state = tx.init(params)
-        g = {"w": jnp.sin(jnp.arange(32 * 64.0)).reshape(32, 64)}
-        updates, state = jax.jit(tx.update)(g, state, params)
-        # the trust ratio sets ||u|| = lr ||p||, whatever the storage of the moments
-        assert float(jnp.linalg.norm(updates["w"])) == pytest.approx(1e-2 * float(jnp.linalg.norm(params["w"])), 1e-3)
+    tx = adamfx.lamb(1e-2, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    g = {"w": jnp.sin(jnp.arange(32 * 64.0)).reshape(32, 64)}
+    updates, _ = jax.jit(tx.update)(g, tx.init(params), params)
+    # the trust ratio sets ||u|| = lr ||p||, whatever the storage of the moments
+    assert float(jnp.linalg.norm(updates["w"])) == pytest.approx(1e-2 * float(jnp.linalg.norm(params["w"])), 1e-3)

@@ -168,6 +168,7 @@ def test_matches_peer(name, convention, dtype):
         assert peers.max_rel_diff(actual, expected) <= F32_TOLERANCE
 
 
+@pytest.mark.slow
 def test_cautious_rescales_differ_by_convention():
     """lion-pytorch and the paper rescale differently: the "torch" and "optax" cautious runs must differ."""
     problem = peers.make_problem()
@@ -192,7 +193,10 @@ def numpy_lion(problem, steps, lr, b1, b2, wd) -> np.ndarray:
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("convention", list(PEERS))
+SLOW_CONVENTIONS = [pytest.param(c, marks=pytest.mark.slow) for c in ("keras", "torch")]
+
+
+@pytest.mark.parametrize("convention", ["optax", *SLOW_CONVENTIONS])
 def test_matches_paper(convention):
     problem = peers.make_problem()
     expected = numpy_lion(problem, STEPS, LR, 0.8, 0.95, 0.3)
@@ -286,7 +290,7 @@ def test_set_hyperparams_and_equality():
     assert float(values["learning_rate"]) == pytest.approx(2e-3)
 
 
-@pytest.mark.parametrize("cautious", [False, True])
+@pytest.mark.parametrize("cautious", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_state_follows_the_parameter_sharding(cautious):
     from tests.test_sharding import SPECS, first_mu, host_tree, make_mesh, place, specs_of
 
