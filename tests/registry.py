@@ -66,6 +66,7 @@ RANGES: Mapping[str, Range] = {
     "momentum_decay": NONNEGATIVE,
     "threshold": Range(4.0),
     "initial_accumulator_value": NONNEGATIVE,
+    "cautious_factor": FRACTION,  # lion, cautious: lion-pytorch asserts 0 <= cautious_factor <= 1
 }
 
 
