@@ -20,6 +20,8 @@ from adamfx._src.optimizers.adam import CONVENTIONS, adam, adamw, amsgrad
 from adamfx._src.optimizers.adamax import adamax, adamaxw
 from adamfx._src.optimizers.ademamix import ademamix  # ademamix
 from adamfx._src.optimizers.adopt import adopt  # adabelief, adopt (issue 12)
+from adamfx._src.optimizers.lamb import lamb
+from adamfx._src.optimizers.lion import lion
 from adamfx._src.optimizers.muon import MuonSplit, muon
 from adamfx._src.optimizers.nadam import nadam, nadamw
 from adamfx._src.optimizers.prodigy import prodigy  # prodigy
@@ -47,7 +49,9 @@ from adamfx._src.stages.momentum import decoupled_weight_decay, trace
 from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.stages.relative_step import relative_step_size
 from adamfx._src.stages.schedule_free import ScheduleFreeState, decay_before_step, schedule_free
+from adamfx._src.stages.sign import lion_momentum, sign
 from adamfx._src.stages.slow_ema import slow_ema  # ademamix
+from adamfx._src.stages.trust_ratio import trust_ratio
 from adamfx._src.stages.update_average import ema_of_updates
 from adamfx._src.stages.update_clipping import clip_by_block_rms
 from adamfx._src.storage.factored import FactoredStorage
@@ -110,6 +114,9 @@ __all__ = [
     "hyperparams",
     "infinity_norm",
     "init_sharded",
+    "lamb",
+    "lion",
+    "lion_momentum",
     "lr_decay",
     "masked",
     "max_nu",
@@ -141,10 +148,12 @@ __all__ = [
     "set_hyperparams",
     "sgd",
     "slow_ema",  # ademamix
+    "sign",
     "state_shardings",
     "sweep",
     "sweep_params",
     "trace",
+    "trust_ratio",
     "unscale_loss",
     "update_rms",
     "with_ema",

@@ -88,6 +88,7 @@ RANGES: Mapping[str, Range] = {
     "adam_eps": NONNEGATIVE,
     "adam_weight_decay": NONNEGATIVE,
     "adam_learning_rate": NONNEGATIVE,
+    "cautious_factor": FRACTION,  # lion, cautious: lion-pytorch asserts 0 <= cautious_factor <= 1
 }
 
 
@@ -215,6 +216,9 @@ FACTORIES: Mapping[Callable[..., Any], Mapping[str, Any]] = {
         "adam_learning_rate": 2e-2,
         "decay": 0.0,
     },
+    # lion, lamb
+    adamfx.lion: {"learning_rate": 1e-4, "b1": 0.9, "b2": 0.99, "decay": 0.0, "weight_decay": 1e-3},
+    adamfx.lamb: {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-6, "decay": 0.0, "weight_decay": 1e-2},
 }
 
 #: The conventions of the factories that do not have all three (an optimizer a peer lacks is not invented for it).
@@ -225,6 +229,7 @@ CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
     adamfx.adopt: ("optax", "torch"),
     adamfx.ademamix: ("optax", "torch"),  # ademamix
     adamfx.prodigy: ("optax", "torch"),  # prodigy
+    adamfx.lamb: ("optax", "keras"),  # lamb: PyTorch has no LAMB
 }
 
 OPTIMIZERS: tuple[Entry, ...] = tuple(

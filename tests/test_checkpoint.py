@@ -73,6 +73,9 @@ OPTIMIZERS = {
         adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm), pack_below=16
     ),
     "fused-accumulate": lambda: adamfx.multi_steps(adamfx.fused(adamfx.amsgrad(1e-2, convention="torch")), 2),
+    # lion, lamb
+    "lion-int8-cautious": lambda: adamfx.lion(1e-3, weight_decay=0.1, mu_dtype="int8", cautious=True),
+    "lamb-keras": lambda: adamfx.lamb(1e-2, weight_decay=0.1, convention="keras"),
 }
 
 

@@ -62,6 +62,7 @@ TRANSFORMS = [
     adamfx.amsgrad(1e-2, convention="torch"),
     adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm),
     adamfx.multi_steps(adamfx.with_ema(adamfx.adam(1e-2)), 2),
+    adamfx.lamb(1e-2, weight_decay=0.1, convention="keras"),  # lamb (lion, one moment: test_parity_lion.py)
 ]
 
 
