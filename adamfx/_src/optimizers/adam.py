@@ -23,6 +23,8 @@ class AdamConvention(NamedTuple):
     adamw_weight_decay: float  # default weight decay of adamw
 
 
+#: Adam's conventions by name: the default eps, where eps goes, the meaning of ``adam(weight_decay=)``,
+#: which ``v`` AMSGrad maxes and ``adamw``'s default weight decay (an ``AdamConvention`` each).
 CONVENTIONS = {
     "optax": AdamConvention(1e-8, "corrected", "coupled", "corrected", 1e-4),
     "torch": AdamConvention(1e-8, "corrected", "coupled", "raw", 1e-2),

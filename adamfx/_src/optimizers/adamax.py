@@ -60,8 +60,8 @@ def adamax(
     ==========  ========  =====  ======================  ============
     convention  lr        eps    eps added to            weight_decay
     ==========  ========  =====  ======================  ============
-    "optax"     2e-3 (*)  1e-8   |g| inside the max      coupled L2
-    "torch"     2e-3      1e-8   |g| inside the max      coupled L2
+    "optax"     2e-3 (*)  1e-8   ``|g|`` inside the max  coupled L2
+    "torch"     2e-3      1e-8   ``|g|`` inside the max  coupled L2
     "keras"     1e-3      1e-7   u, after the max        decoupled
     ==========  ========  =====  ======================  ============
 
