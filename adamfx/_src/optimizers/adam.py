@@ -208,6 +208,12 @@ def adamw(
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.00101, 0.00099]
     """
     conv = convention_of(convention)
     weight_decay = conv.adamw_weight_decay if weight_decay is None else weight_decay
@@ -267,6 +273,12 @@ def amsgrad(
 
     >>> import adamfx
     >>> tx = adamfx.amsgrad(1e-3, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.001, 0.001]
     """
     return adam(
         learning_rate,
