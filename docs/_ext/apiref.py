@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 from typing import Any
 
 MARKER = "<!-- adamfx-api -->"
@@ -65,14 +66,20 @@ def kind(name: str) -> str:
 
 
 def data_doc(name: str) -> str:
-    """The ``#:`` comment (or string literal) documenting a data name where its module assigns it."""
-    from sphinx.pycode import ModuleAnalyzer
-
+    """The ``#:`` comment lines just above the assignment that defines a data name, in its module's source."""
     module = defining_module(name)
     if not module:
         return ""
-    docs = ModuleAnalyzer.for_module(module).find_attr_docs()
-    return "\n".join(docs.get(("", name), [])).strip()
+    lines = inspect.getsource(importlib.import_module(module)).splitlines()
+    assignment = re.compile(rf"^{re.escape(name)}\s*(:[^=]*)?=")
+    for i, line in enumerate(lines):
+        if assignment.match(line):
+            comments: list[str] = []
+            while i > 0 and lines[i - 1].startswith("#:"):
+                i -= 1
+                comments.insert(0, lines[i][2:].strip())
+            return "\n".join(comments)
+    return ""
 
 
 def docstring(name: str) -> str:
