@@ -147,10 +147,6 @@ def test_member_equals_the_optimizer_built_with_its_values(name, convention):
 # A value for every hyperparameter name a state may hold (sgd and rmsprop are built with momentum, so they hold it).
 ANY_VALUE = {"b1": 0.8, "b2": 0.99, "eps": 3e-5, "eps_root": 1e-9, "rho": 0.8, "momentum": 0.5, "dampening": 0.2}
 ANY_VALUE |= {"weight_decay": 0.03, "decay": 0.01, "threshold": 4.0, "momentum_decay": 0.01}
-# The constructor's eps sits inside the root here, where the state calls it eps_root: sweep(eps=...) (like
-# set_hyperparams) then changes the other eps (0 in these states), not the constructor's (compose.normalize_eps).
-EPS_NAMED_EPS_ROOT = {("adagrad", "optax"), ("adagrad", "keras"), ("rmsprop", "optax"), ("rmsprop", "keras")}
-EPS_NAMED_EPS_ROOT |= {("adadelta", c) for c in CONVENTIONS}
 
 
 def _every_name():
@@ -162,11 +158,7 @@ def _every_name():
             forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
             arguments = set(adamfx.hyperparams(state)) if forwards else set(parameters)
             for hyperparameter in sorted(set(adamfx.hyperparams(state)) & arguments - {"learning_rate"}):
-                bug = hyperparameter == "eps" and (name, convention) in EPS_NAMED_EPS_ROOT
-                marks = pytest.mark.xfail(strict=True, reason="eps is named eps_root in the state") if bug else ()
-                yield pytest.param(
-                    name, convention, hyperparameter, id=f"{name}-{convention}-{hyperparameter}", marks=marks
-                )
+                yield pytest.param(name, convention, hyperparameter, id=f"{name}-{convention}-{hyperparameter}")
 
 
 @pytest.mark.parametrize(("name", "convention", "hyperparameter"), _every_name())

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
 from adamfx._src.stages.moment_forms import accumulate_squares
+from adamfx._src.stages.moments import normalize
 
 
 class AdagradConvention(NamedTuple):
@@ -15,36 +19,30 @@ class AdagradConvention(NamedTuple):
     learning_rate: float
     initial_accumulator_value: float
     eps: float
-    eps_in_root: bool  # sqrt(v + eps) (Keras, optax) or sqrt(v) + eps (PyTorch)
+    eps_placement: str  # "inside": sqrt(v + eps) (Keras, optax) or "outside": sqrt(v) + eps (PyTorch)
     weight_decay: str  # "coupled" L2 or "decoupled"
 
 
 ADAGRAD_CONVENTIONS = {
-    "optax": AdagradConvention(1e-2, 0.1, 1e-7, True, "coupled"),  # no default lr in optax: PyTorch's
-    "torch": AdagradConvention(1e-2, 0.0, 1e-10, False, "coupled"),
-    "keras": AdagradConvention(1e-3, 0.1, 1e-7, True, "decoupled"),
+    "optax": AdagradConvention(1e-2, 0.1, 1e-7, "inside", "coupled"),  # no default lr in optax: PyTorch's
+    "torch": AdagradConvention(1e-2, 0.0, 1e-10, "outside", "coupled"),
+    "keras": AdagradConvention(1e-3, 0.1, 1e-7, "inside", "decoupled"),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def adagrad(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     lr_decay: float | None = None,
     initial_accumulator_value: float | None = None,
     eps: float | None = None,
     *,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""Adagrad (Duchi, Hazan & Singer, 2011): per-coordinate steps from the running sum of squares.
 
     For step t = 1, 2, ... with gradient g_t::
@@ -90,6 +88,7 @@ def adagrad(
     """
     conv = conventions.lookup(ADAGRAD_CONVENTIONS, convention)
     checks.check_hyperparameter("lr_decay", lr_decay, optional=True)
+    decay = options["decay"]
     checks.check_hyperparameter("decay", decay)
     both = not checks.is_static_zero(lr_decay) and not checks.is_static_zero(decay)
     if both and checks.is_concrete(lr_decay) and checks.is_concrete(decay):
@@ -97,22 +96,15 @@ def adagrad(
             f"adagrad got lr_decay={lr_decay!r} and decay={decay!r}: they are one inverse-time decay, give one."
         )
     if not checks.is_static_zero(lr_decay):  # traced (inject_hyperparams) values cannot be tested: one of them is 0
-        decay = lr_decay if checks.is_static_zero(decay) else decay + lr_decay
+        options["decay"] = lr_decay if checks.is_static_zero(decay) else decay + lr_decay
     initial_accumulator_value = conventions.pick(initial_accumulator_value, conv.initial_accumulator_value)
     return conventions.finish(
         [
             accumulate_squares(initial_accumulator_value, nu_dtype=nu_dtype),
-            conventions.normalize_eps(conventions.pick(eps, conv.eps), conv.eps_in_root),
+            normalize(conventions.pick(eps, conv.eps), eps_placement=conv.eps_placement),
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

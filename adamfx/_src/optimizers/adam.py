@@ -4,64 +4,55 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
-from adamfx._src.core.base import chain
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.stages.clipping import gradient_stages
 from adamfx._src.stages.corrections import nesterov_momentum
-from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
 from adamfx._src.stages.moments import bias_correction, max_nu, normalize, scale_by_moments
 
 
 class AdamConvention(NamedTuple):
-    """How one peer writes Adam; each field picks a composition, not a formula."""
+    """How one peer writes Adam; each field picks a default or a composition, not a formula."""
 
+    learning_rate: float  # default learning rate
     eps: float  # default eps
-    eps_on: str  # root eps is added to: "corrected" sqrt(v^) or "raw" sqrt(v)
-    adam_weight_decay: str  # meaning of adam(weight_decay=...): "coupled" L2 or "decoupled"
-    amsgrad_on: str  # which v AMSGrad maxes: "raw" v or "corrected" v^
-    adamw_weight_decay: float  # default weight decay of adamw
+    eps_placement: str  # "outside": sqrt(v^) + eps; "outside_raw": eps on the uncorrected sqrt(v) (Keras)
+    weight_decay: str  # meaning of adam(weight_decay=...): "coupled" L2 or "decoupled"
+    amsgrad_on: str  # which v AMSGrad maxes: "raw" v (max_nu before bias_correction) or "corrected" v^ (after)
+    adamw_weight_decay: float  # default weight decay of adamw (and of the other "...w" optimizers)
 
 
-#: Adam's conventions by name: the default eps, where eps goes, the meaning of ``adam(weight_decay=)``,
-#: which ``v`` AMSGrad maxes and ``adamw``'s default weight decay (an ``AdamConvention`` each).
-CONVENTIONS = {
-    "optax": AdamConvention(1e-8, "corrected", "coupled", "corrected", 1e-4),
-    "torch": AdamConvention(1e-8, "corrected", "coupled", "raw", 1e-2),
-    "keras": AdamConvention(1e-7, "raw", "decoupled", "raw", 4e-3),
+ADAM_CONVENTIONS = {
+    "optax": AdamConvention(1e-3, 1e-8, "outside", "coupled", "corrected", 1e-4),  # no default lr in optax: the others
+    "torch": AdamConvention(1e-3, 1e-8, "outside", "coupled", "raw", 1e-2),
+    "keras": AdamConvention(1e-3, 1e-7, "outside_raw", "decoupled", "raw", 4e-3),
 }
 
-
-def convention_of(name: str) -> AdamConvention:
-    checks.check_choice("convention", name, tuple(CONVENTIONS))
-    return CONVENTIONS[name]
+#: The conventions (``tuple(adamfx.CONVENTIONS)`` names them), as Adam's rows.
+CONVENTIONS = ADAM_CONVENTIONS
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def adam(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
     eps_root: float = 0.0,
-    decay: float = 0.0,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
     amsgrad: bool = False,
     nesterov: bool = False,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""Adam (Kingma & Ba, 2015, "Adam: A Method for Stochastic Optimization", Alg. 1).
 
     For step t = 1, 2, ... with gradient g_t::
@@ -138,63 +129,46 @@ def adam(
     >>> optax.apply_updates(params, updates)["w"]
     Array([0.999, 0.999, 0.999], dtype=float32)
     """
-    conv = convention_of(convention)
+    conv = conventions.lookup(ADAM_CONVENTIONS, convention)
     conventions.require("adam", b1=b1, b2=b2)
-    eps = conv.eps if eps is None else eps
-    if decoupled is None:
-        decoupled = conv.adam_weight_decay == "decoupled"
     if nesterov and not (bias_correction_mu and bias_correction_nu):
         raise ValueError(
             f"adam(nesterov=True, bias_correction_mu={bias_correction_mu!r}, bias_correction_nu="
             f"{bias_correction_nu!r}) is invalid: the Nesterov look-ahead corrects both moments."
         )
-    no_decay = checks.is_static_zero(weight_decay)
-    decay_weights = [] if no_decay else [add_decayed_weights(weight_decay, weight_decay_mask)]
-    amsgrad_raw = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "raw" else []
-    amsgrad_corrected = [max_nu(nu_dtype=nu_dtype)] if amsgrad and conv.amsgrad_on == "corrected" else []
+    maxed = [max_nu(nu_dtype=nu_dtype)] if amsgrad else []
     correction = nesterov_momentum(None) if nesterov else bias_correction(mu=bias_correction_mu, nu=bias_correction_nu)
-    gradient = gradient_stages(
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-    )
-    return chain(
-        *gradient,
-        *([] if decoupled else decay_weights),
-        scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-        *amsgrad_raw,
-        correction,
-        *amsgrad_corrected,
-        normalize(eps, eps_root=eps_root, eps_on=conv.eps_on),
-        *(decay_weights if decoupled else []),
-        lr_decay(learning_rate, decay),
+    corrected = [correction, *maxed] if conv.amsgrad_on == "corrected" else [*maxed, correction]
+    return conventions.finish(
+        [
+            scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+            *corrected,
+            normalize(conventions.pick(eps, conv.eps), eps_root=eps_root, eps_placement=conv.eps_placement),
+        ],
+        conv,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        **options,
     )
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def adamw(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     weight_decay: float | None = None,
     *,
     eps_root: float = 0.0,
-    decay: float = 0.0,
-    weight_decay_mask: Any = None,
     amsgrad: bool = False,
     nesterov: bool = False,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
 
     ``p_t = p_{t-1} - lr_t (m^_t / (sqrt(v^_t) + eps) + weight_decay p_{t-1})``.
@@ -215,54 +189,41 @@ def adamw(
     >>> [round(float(u), 6) for u in updates["w"]]
     [-0.00101, 0.00099]
     """
-    conv = convention_of(convention)
-    weight_decay = conv.adamw_weight_decay if weight_decay is None else weight_decay
+    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
     return adam(
         learning_rate,
         b1,
         b2,
         eps,
         eps_root=eps_root,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
         decoupled=True,
         amsgrad=amsgrad,
         nesterov=nesterov,
-        maximize=maximize,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-        loss_scale_factor=loss_scale_factor,
         convention=convention,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
+        **options,
     )
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def amsgrad(
-    learning_rate: Any = 1e-3,
+    learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
     eps_root: float = 0.0,
-    decay: float = 0.0,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     """AMSGrad (Reddi et al., 2018): Adam with ``v`` replaced by its running maximum.
 
     PyTorch and Keras max the raw ``v`` and correct afterwards; optax maxes the
@@ -286,19 +247,12 @@ def amsgrad(
         b2,
         eps,
         eps_root=eps_root,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
         amsgrad=True,
         bias_correction_mu=bias_correction_mu,
         bias_correction_nu=bias_correction_nu,
-        maximize=maximize,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-        loss_scale_factor=loss_scale_factor,
         convention=convention,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
+        **options,
     )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.optimizers.adam import CONVENTIONS as ADAM_CONVENTIONS
+from adamfx._src.optimizers.adam import ADAM_CONVENTIONS
 from adamfx._src.stages.moment_forms import infinity_norm
 from adamfx._src.stages.moments import bias_correction, scale_by_moments
 
@@ -16,37 +19,31 @@ class AdamaxConvention(NamedTuple):
 
     learning_rate: float
     eps: float
-    eps_in: str  # "max": u = max(b2 u, |g| + eps) (PyTorch, optax); "denominator": m / (u + eps) (Keras)
+    eps_placement: str  # "inside": u = max(b2 u, |g| + eps) (PyTorch, optax); "outside": m / (u + eps) (Keras)
     weight_decay: str  # "coupled" L2 or "decoupled"
 
 
 ADAMAX_CONVENTIONS = {
-    "optax": AdamaxConvention(2e-3, 1e-8, "max", "coupled"),  # no default lr in optax: PyTorch's
-    "torch": AdamaxConvention(2e-3, 1e-8, "max", "coupled"),
-    "keras": AdamaxConvention(1e-3, 1e-7, "denominator", "decoupled"),
+    "optax": AdamaxConvention(2e-3, 1e-8, "inside", "coupled"),  # no default lr in optax: PyTorch's
+    "torch": AdamaxConvention(2e-3, 1e-8, "inside", "coupled"),
+    "keras": AdamaxConvention(1e-3, 1e-7, "outside", "decoupled"),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def adamax(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     *,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""Adamax (Kingma & Ba, 2015, Sec. 7.1, Alg. 2).
 
     For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
@@ -91,41 +88,29 @@ def adamax(
         [
             scale_by_moments(b1, None, mu_dtype=mu_dtype),
             bias_correction(),
-            infinity_norm(b2, conventions.pick(eps, conv.eps), eps_in=conv.eps_in, nu_dtype=nu_dtype),
+            infinity_norm(b2, conventions.pick(eps, conv.eps), eps_placement=conv.eps_placement, nu_dtype=nu_dtype),
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def adamaxw(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
     weight_decay: Any = None,
     *,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     """AdamaxW: :func:`adamax` with decoupled weight decay, ``p -= lr_t (m_t / ((1 - b1^t) u_t) + wd p)``.
 
     optax's ``adamaxw`` (default ``weight_decay`` 1e-4; a number or a schedule
@@ -150,15 +135,9 @@ def adamaxw(
         b2,
         eps,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
         decoupled=True,
-        decay=decay,
-        maximize=maximize,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-        loss_scale_factor=loss_scale_factor,
         convention=convention,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
+        **options,
     )

@@ -1,23 +1,71 @@
-"""How Adam's relatives finish their chains: weight decay, momentum and the learning rate.
+"""The one convention mechanism: how every optimizer turns a convention's row into its chain.
 
 Every optimizer module keeps a table ``convention -> NamedTuple`` of defaults
 and composition choices; :func:`lookup` picks the row, :func:`pick` lets an
 explicit argument win over the row's default, and :func:`finish` places the
-stages every optimizer shares around its own core stages.
+stages every optimizer shares (the gradient options, weight decay, momentum,
+the learning rate) around its own core stages. :func:`peer_options` gives a
+factory the keyword arguments :func:`finish` takes, spelled out in its signature.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.stages.clipping import gradient_stages
 from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
-from adamfx._src.stages.moments import normalize
 from adamfx._src.stages.momentum import decoupled_weight_decay
+
+Factory = TypeVar("Factory", bound=Callable[..., GradientTransformation])
+
+#: The keyword-only arguments every optimizer passes on to :func:`finish`: (name, default, annotation).
+PEER_OPTIONS: tuple[tuple[str, Any, str], ...] = (
+    ("weight_decay_mask", None, "Any"),
+    ("decoupled", None, "bool | None"),
+    ("decay", 0.0, "float"),
+    ("maximize", False, "bool"),
+    ("clipnorm", None, "float | None"),
+    ("clipvalue", None, "float | None"),
+    ("global_clipnorm", None, "float | None"),
+    ("loss_scale_factor", None, "float | None"),
+)
+
+
+def peer_options(*, omit: tuple[str, ...] = ()) -> Callable[[Factory], Factory]:
+    """Decorates a factory ``f(..., **options)`` so that its signature lists :data:`PEER_OPTIONS` by name.
+
+    The factory receives every option (given or default) in ``options`` and passes them to
+    :func:`finish` (or to the factory it specialises). ``inspect.signature``, ``help``, the docs and
+    ``optax.inject_hyperparams`` see the explicit keyword-only arguments; an unknown keyword is a
+    ``TypeError`` naming it. ``omit`` leaves options out (``adamw`` fixes ``decoupled=True``).
+    """
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, default, annotation in PEER_OPTIONS
+        if name not in omit
+    ]
+
+    def decorate(factory: Factory) -> Factory:
+        own = inspect.signature(factory)
+        kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        signature = own.replace(parameters=[*kept, *shared])
+
+        @functools.wraps(factory)
+        def wrapper(*args: Any, **kwargs: Any) -> GradientTransformation:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return factory(**bound.arguments)
+
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def lookup(table: Mapping[str, Any], convention: str) -> Any:
@@ -63,12 +111,6 @@ def warn_if_rho(factory: str, decay: Any) -> None:
             UserWarning,
             stacklevel=4,
         )
-
-
-def normalize_eps(eps: float, in_root: bool) -> GradientTransformation:
-    """:func:`normalize` with ``eps`` inside the root (``sqrt(v + eps)``) or outside it (``sqrt(v) + eps``)."""
-    checks.check_hyperparameter("eps", eps)  # inside the root the stage calls it eps_root: name the user's argument
-    return normalize(0.0, eps_root=eps) if in_root else normalize(eps)
 
 
 def finish(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.optimizers.adam import CONVENTIONS as ADAM_CONVENTIONS
+from adamfx._src.optimizers.adam import ADAM_CONVENTIONS
 from adamfx._src.stages.corrections import nesterov_momentum
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
 
@@ -28,8 +31,9 @@ NADAM_CONVENTIONS = {
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def nadam(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
@@ -38,18 +42,11 @@ def nadam(
     nesterov: bool = True,
     eps_root: float = 0.0,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""Nadam (Dozat, 2016, "Incorporating Nesterov Momentum into Adam").
 
     For step t = 1, 2, ... with gradient g_t, ``mu_t = b1 (1 - 0.5 * 0.96^(t momentum_decay))``,
@@ -115,21 +112,15 @@ def nadam(
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )
 
 
 @checks.porting_aids
+@conventions.peer_options(omit=("decoupled",))
 def nadamw(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
@@ -138,17 +129,11 @@ def nadamw(
     *,
     nesterov: bool = True,
     eps_root: float = 0.0,
-    weight_decay_mask: Any = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     """NAdamW: :func:`nadam` with decoupled weight decay, ``p -= lr_t (m^_t / (sqrt(v^_t) + eps) + wd p)``.
 
     optax's ``nadamw`` (default ``weight_decay`` 1e-4); PyTorch's
@@ -176,15 +161,9 @@ def nadamw(
         nesterov=nesterov,
         eps_root=eps_root,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
         decoupled=True,
-        decay=decay,
-        maximize=maximize,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
-        loss_scale_factor=loss_scale_factor,
         convention=convention,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
+        **options,
     )

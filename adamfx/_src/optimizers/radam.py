@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
 from adamfx._src.stages.moments import bias_correction, scale_by_moments
@@ -15,22 +18,23 @@ class RadamConvention(NamedTuple):
 
     learning_rate: float
     eps: float
-    eps_on: str  # root eps is added to: "corrected" sqrt(v^) (optax) or "raw" sqrt(v) (PyTorch)
+    eps_placement: str  # "outside": sqrt(v^) + eps (optax) or "outside_raw": eps on the raw sqrt(v) (PyTorch)
     inclusive: bool  # rectify when rho_t >= threshold (optax) or rho_t > threshold (PyTorch)
     weight_decay: str  # "coupled" L2 or "decoupled"
 
 
 RADAM_CONVENTIONS = {
-    "optax": RadamConvention(1e-3, 1e-8, "corrected", True, "coupled"),  # no default lr in optax: PyTorch's
-    "torch": RadamConvention(1e-3, 1e-8, "raw", False, "coupled"),
+    "optax": RadamConvention(1e-3, 1e-8, "outside", True, "coupled"),  # no default lr in optax: PyTorch's
+    "torch": RadamConvention(1e-3, 1e-8, "outside_raw", False, "coupled"),
     # Keras has no RAdam: Keras's Adam conventions (eps 1e-7 on the raw root, decoupled decay), PyTorch's threshold.
-    "keras": RadamConvention(1e-3, 1e-7, "raw", False, "decoupled"),
+    "keras": RadamConvention(1e-3, 1e-7, "outside_raw", False, "decoupled"),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def radam(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float | None = None,
@@ -39,18 +43,11 @@ def radam(
     threshold: float = 5.0,
     nesterov: bool = False,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""RAdam (Liu et al., 2020, "On the Variance of the Adaptive Learning Rate and Beyond", Alg. 2).
 
     For step t = 1, 2, ... with ``rho_inf = 2 / (1 - b2) - 1``,
@@ -107,17 +104,12 @@ def radam(
         [
             scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
             nesterov_momentum(None) if nesterov else bias_correction(),
-            rectify(eps, eps_root=eps_root, eps_on=conv.eps_on, threshold=threshold, inclusive=conv.inclusive),
+            rectify(
+                eps, eps_root=eps_root, eps_placement=conv.eps_placement, threshold=threshold, inclusive=conv.inclusive
+            ),
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

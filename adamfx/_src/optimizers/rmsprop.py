@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
 from adamfx._src.stages.moment_forms import center, update_rms
 from adamfx._src.stages.moments import bias_correction as correct_moments
-from adamfx._src.stages.moments import scale_by_moments
+from adamfx._src.stages.moments import normalize, scale_by_moments
 from adamfx._src.stages.momentum import trace
 
 
@@ -18,22 +21,23 @@ class RmspropConvention(NamedTuple):
     learning_rate: float
     rho: float
     eps: float
-    eps_in_root: bool  # sqrt(v + eps) (Keras, optax) or sqrt(v) + eps (PyTorch)
+    eps_placement: str  # "inside": sqrt(v + eps) (Keras, optax) or "outside": sqrt(v) + eps (PyTorch)
     lr_inside: bool  # the momentum buffer holds -lr_t g / sqrt(v) (Keras, optax)
     weight_decay: str  # "coupled" L2 or "decoupled"
     nesterov_needs_momentum: bool  # nesterov=True with momentum 0 is an error, else plain RMSprop (optax)
 
 
 RMSPROP_CONVENTIONS = {
-    "optax": RmspropConvention(1e-2, 0.9, 1e-8, True, True, "coupled", False),  # no default lr in optax: PyTorch's
-    "torch": RmspropConvention(1e-2, 0.99, 1e-8, False, False, "coupled", True),
-    "keras": RmspropConvention(1e-3, 0.9, 1e-7, True, True, "decoupled", False),
+    "optax": RmspropConvention(1e-2, 0.9, 1e-8, "inside", True, "coupled", False),  # no default lr in optax: PyTorch's
+    "torch": RmspropConvention(1e-2, 0.99, 1e-8, "outside", False, "coupled", True),
+    "keras": RmspropConvention(1e-3, 0.9, 1e-7, "inside", True, "decoupled", False),
 }
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def rmsprop(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     rho: float | None = None,
     eps: float | None = None,
     centered: bool = False,
@@ -44,18 +48,11 @@ def rmsprop(
     eps_in_sqrt: bool | None = None,
     bias_correction: bool = False,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""RMSprop (Tieleman & Hinton, 2012; centered: Graves, 2013).
 
     For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
@@ -116,7 +113,7 @@ def rmsprop(
     [-0.003333, 0.003333]
     """
     conv = conventions.lookup(RMSPROP_CONVENTIONS, convention)
-    conventions.warn_if_rho("rmsprop", decay)
+    conventions.warn_if_rho("rmsprop", options["decay"])
     rho = conventions.pick(rho, conv.rho)
     if centered and any(isinstance(spec, str) for spec in (mu_dtype, nu_dtype)):
         raise ValueError(
@@ -135,23 +132,17 @@ def rmsprop(
     nesterov = conventions.effective_nesterov(nesterov, momentum, conv)
     keep_buffer = nesterov or not checks.is_static_zero(momentum)  # a JAX array (inject_hyperparams) keeps it
     buffer = [trace(conventions.pick(momentum, 0.0), 0.0, nesterov, mu_dtype=mu_dtype)] if keep_buffer else []
-    root = conventions.normalize_eps(conventions.pick(eps, conv.eps), conventions.pick(eps_in_sqrt, conv.eps_in_root))
+    placement = conv.eps_placement if eps_in_sqrt is None else ("inside" if eps_in_sqrt else "outside")
+    root = normalize(conventions.pick(eps, conv.eps), eps_placement=placement)
     corrected = [correct_moments()] if bias_correction else []
     return conventions.finish(
         [moments, *corrected, *([center()] if centered else []), root],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
         momentum=buffer,
         lr_inside=conv.lr_inside,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )
 
 
@@ -172,23 +163,17 @@ ADADELTA_CONVENTIONS = {
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def adadelta(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     rho: float | None = None,
     eps: float | None = None,
     *,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     nu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""Adadelta (Zeiler, 2012, Alg. 1), scaled by a learning rate as PyTorch, Keras and optax do.
 
     For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
@@ -198,7 +183,7 @@ def adadelta(
         w_t = rho w_{t-1} + (1 - rho) |d_t|^2
         p_t = p_{t-1} - lr_t d_t
 
-    The chain is ``scale_by_moments(b1=None, b2=rho) -> normalize(eps_root=eps)
+    The chain is ``scale_by_moments(b1=None, b2=rho) -> normalize(eps, eps_placement="inside")
     -> update_rms(rho, eps) -> lr_decay``. The three peers share the formula;
     the conventions differ in defaults and weight decay:
 
@@ -212,7 +197,7 @@ def adadelta(
 
     (*) ``optax.adadelta`` defaults to ``learning_rate=None``, which skips the
     ``-lr`` scaling and so steps *up* the gradient; adamfx uses PyTorch's 1.0.
-    ``rho`` and eps (``eps_root`` in the state) are each one hyperparameter.
+    ``rho`` and ``eps`` are each one hyperparameter in the state (shared by both roots).
 
     Args:
       learning_rate: a number or a schedule ``count -> lr``; ``None`` takes the convention's default.
@@ -233,23 +218,16 @@ def adadelta(
     [-0.003162, 0.003162]
     """
     conv = conventions.lookup(ADADELTA_CONVENTIONS, convention)
-    conventions.warn_if_rho("adadelta", decay)
+    conventions.warn_if_rho("adadelta", options["decay"])
     rho, eps = conventions.pick(rho, conv.rho), conventions.pick(eps, conv.eps)
     return conventions.finish(
         [
             scale_by_moments(None, rho, nu_dtype=nu_dtype, names=("rho", "rho")),
-            conventions.normalize_eps(eps, in_root=True),
+            normalize(eps, eps_placement="inside"),
             update_rms(rho, eps, nu_dtype=nu_dtype),
         ],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

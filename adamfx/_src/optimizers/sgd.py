@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
+from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
 from adamfx._src.stages.momentum import trace
 
@@ -26,24 +29,18 @@ SGD_CONVENTIONS = {
 
 
 @checks.porting_aids
+@conventions.peer_options()
 def sgd(
-    learning_rate: Any = None,
+    learning_rate: ScalarOrSchedule | None = None,
     momentum: float | None = None,
     dampening: float = 0.0,
     nesterov: bool = False,
     *,
     weight_decay: float | None = None,
-    weight_decay_mask: Any = None,
-    decoupled: bool | None = None,
-    decay: float = 0.0,
-    maximize: bool = False,
-    clipnorm: float | None = None,
-    clipvalue: float | None = None,
-    global_clipnorm: float | None = None,
-    loss_scale_factor: float | None = None,
     convention: str = "optax",
     mu_dtype: Any = None,
-):
+    **options: Any,
+) -> GradientTransformation:
     r"""Stochastic gradient descent (Robbins & Monro, 1951) with heavy-ball or Nesterov momentum.
 
     For step t = 1, 2, ... with gradient g_t and ``lr_t = learning_rate(t - 1) / (1 + decay (t - 1))``::
@@ -106,15 +103,8 @@ def sgd(
         [],
         conv,
         learning_rate=learning_rate,
-        decay=decay,
         weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        decoupled=decoupled,
         momentum=buffer,
         lr_inside=conv.lr_inside,
-        maximize=maximize,
-        loss_scale_factor=loss_scale_factor,
-        clipnorm=clipnorm,
-        clipvalue=clipvalue,
-        global_clipnorm=global_clipnorm,
+        **options,
     )

@@ -17,11 +17,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
 from adamfx._src.core.numerics import compute_dtype, scalar_like
-from adamfx._src.stages.moments import EPS_PLACEMENTS, BiasCorrection, Normalize, NormalizeState, one_minus_power
+from adamfx._src.stages.eps import EpsPlacement
+from adamfx._src.stages.moments import BiasCorrection, Normalize, NormalizeState, one_minus_power
 from adamfx._src.stages.moments import _require_moments as require_moments
 
 
@@ -143,7 +143,14 @@ class Rectify(Normalize):
         return jax.tree.map(leaf, normalized, moments.mu), state
 
 
-def rectify(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "corrected", threshold=5.0, inclusive=True):
+def rectify(
+    eps: float = 1e-8,
+    *,
+    eps_root: float = 0.0,
+    eps_placement: EpsPlacement = "outside",
+    threshold: float = 5.0,
+    inclusive: bool = True,
+):
     """RAdam's rectified step (Liu et al., 2020, Alg. 2).
 
     With ``rho_inf = 2 / (1 - b2) - 1`` and ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``
@@ -153,9 +160,8 @@ def rectify(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "correcte
         u_t = r_t m^_t / (sqrt(v^_t) + eps)   if rho_t >= threshold (inclusive) or > threshold
         u_t = m^_t                            otherwise (plain momentum SGD)
 
-    ``eps``, ``eps_root`` and ``eps_on`` as :func:`normalize` (PyTorch adds eps
-    to the raw ``sqrt(v)``: ``eps_on="raw"``). PyTorch takes ``rho_t > 5``,
+    ``eps``, ``eps_root`` and ``eps_placement`` as :func:`normalize` (PyTorch adds eps
+    to the raw ``sqrt(v)``: ``eps_placement="outside_raw"``). PyTorch takes ``rho_t > 5``,
     optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
     """
-    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    return Rectify(eps, eps_root, eps_on, threshold, bool(inclusive)).transform()
+    return Rectify(eps, eps_root, eps_placement, threshold, bool(inclusive)).transform()

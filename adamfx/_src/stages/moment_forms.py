@@ -15,7 +15,7 @@ plays in Adam, for one of Adam's relatives:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage, identity_state
 from adamfx._src.core.numerics import abs_sq, compute_dtype, real_dtype, real_moment_dtype, safe_divide, scalar_like
+from adamfx._src.stages.eps import check_placement
 from adamfx._src.stages.moments import Moments
 from adamfx._src.stages.moments import _require_moments as require_moments
 from adamfx._src.storage.protocol import (
@@ -123,15 +124,16 @@ class InfinityNormState(NamedTuple):
     hyperparams: dict  # b2, eps
 
 
-EPS_IN_MAX = ("max", "denominator")
-
-
 @dataclasses.dataclass(frozen=True)
 class InfinityNorm(_StoredMoment, Stage):
     b2: float
     eps: float
-    eps_in: str
+    eps_placement: str
     storage: Storage
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_placement(self.eps_placement, ("inside", "outside"))
 
     def init(self, params):
         nu = init_stored(self.storage, params, real_moment_dtype)
@@ -141,15 +143,16 @@ class InfinityNorm(_StoredMoment, Stage):
         moments = require_moments(moments, "infinity_norm")
         moments = moments._replace(grad=self._conform(moments.grad, state.nu, "gradients"))
         b2, eps = state.hyperparams["b2"], state.hyperparams["eps"]
+        inside = self.eps_placement == "inside"  # eps in the maxed |g| or on u: one term, not a stage
 
         def leaf(record, key, g, m):
             x = g.astype(compute_dtype(g.dtype))
             eps_ = scalar_like(eps, x)
-            magnitude = jnp.abs(x) + eps_ if self.eps_in == "max" else jnp.abs(x)
+            magnitude = jnp.abs(x) + eps_ if inside else jnp.abs(x)
             # u_t = max(b2 u_{t-1}, |g_t| (+ eps))
             u = jnp.maximum(scalar_like(b2, x) * self.storage.decode(record, dtype=magnitude.dtype), magnitude)
             u, kept = self.storage.store(u, default_dtype=real_dtype(g.dtype), key=key)
-            denominator = u if self.eps_in == "max" else u + eps_
+            denominator = u if inside else u + eps_
             out = safe_divide(m.astype(compute_dtype(m.dtype)), denominator)
             return out.astype(g.dtype), kept
 
@@ -158,53 +161,54 @@ class InfinityNorm(_StoredMoment, Stage):
         return updates, InfinityNormState(kept, state.hyperparams)
 
 
-def infinity_norm(b2: float = 0.999, eps: float = 1e-8, *, eps_in: str = "max", nu_dtype=None):
+def infinity_norm(
+    b2: float = 0.999, eps: float = 1e-8, *, eps_placement: Literal["inside", "outside"] = "inside", nu_dtype=None
+):
     """Adamax's denominator: ``u_t = max(b2 u_{t-1}, |g_t|)``, emits ``m / u_t``.
 
-    ``eps_in`` places eps:
+    ``eps_placement`` places eps (the vocabulary of :mod:`adamfx._src.stages.eps`):
 
-    - ``"max"`` (PyTorch, optax): ``u_t = max(b2 u_{t-1}, |g_t| + eps)``, emits ``m / u_t``;
-    - ``"denominator"`` (Keras): ``u_t = max(b2 u_{t-1}, |g_t|)``, emits ``m / (u_t + eps)``.
+    - ``"inside"`` the norm (PyTorch, optax): ``u_t = max(b2 u_{t-1}, |g_t| + eps)``, emits ``m / u_t``;
+    - ``"outside"`` it (Keras): ``u_t = max(b2 u_{t-1}, |g_t|)``, emits ``m / (u_t + eps)``.
 
     Consumes the (bias-corrected) first moment of a :class:`Moments`; emits
     parameter-shaped updates. State: ``nu`` (u, stored as ``nu_dtype``),
     hyperparameters ``b2``, ``eps``. Used by :func:`adamfx.adamax`.
     """
-    checks.check_choice("eps_in", eps_in, EPS_IN_MAX)
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     check_keeps_elements(storage, "nu_dtype", nu_dtype, "infinity_norm", "a running maximum")
-    return InfinityNorm(b2, eps, eps_in, storage).transform()
+    return InfinityNorm(b2, eps, eps_placement, storage).transform()
 
 
 class UpdateRmsState(NamedTuple):
     count: jax.Array  # steps taken (for the stochastic rounding's keys)
     delta_sq: Any  # stored moving average of the squared updates
-    hyperparams: dict  # 1-rho (reported as rho), eps_root
+    hyperparams: dict  # 1-rho (reported as rho), eps
 
 
 @dataclasses.dataclass(frozen=True)
 class UpdateRms(_StoredMoment, Stage):
     rho: float
-    eps_root: float
+    eps: float
     storage: Storage
 
     def init(self, params):
         return UpdateRmsState(
             jnp.zeros([], jnp.int32),
             init_stored(self.storage, params, real_moment_dtype),
-            hp.as_arrays(**hp.complements(rho=self.rho), eps_root=self.eps_root),
+            hp.as_arrays(**hp.complements(rho=self.rho), eps=self.eps),
         )
 
     def update(self, updates, state, params=None, **extra_args):
         updates = self._conform(updates, state.delta_sq, "updates")
-        one_minus_rho, eps_root = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps_root"]
+        one_minus_rho, eps = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps"]
         count = optax.safe_increment(state.count)
 
         def leaf(record, key, u):
             x = u.astype(compute_dtype(u.dtype))
             # d_t = sqrt(w_{t-1} + eps) u_t,  w_t = rho w_{t-1} + (1 - rho) |d_t|^2
             w = self.storage.decode(record, dtype=real_dtype(x.dtype))
-            delta = jnp.sqrt(w + scalar_like(eps_root, x)) * x
+            delta = jnp.sqrt(w + scalar_like(eps, x)) * x
             c = scalar_like(one_minus_rho, x)
             default, keep = real_dtype(u.dtype), self.storage.accumulate
             _, kept = keep(record, delta, power=2, decay=1 - c, weight=c, default_dtype=default, key=key)
@@ -218,12 +222,12 @@ class UpdateRms(_StoredMoment, Stage):
 def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
     """Adadelta's step: ``d_t = sqrt(w_{t-1} + eps) u_t``, ``w_t = rho w_{t-1} + (1 - rho) |d_t|^2``.
 
-    Placed after :func:`normalize` with ``eps_root=eps`` (which emits
+    Placed after :func:`normalize` with ``eps_placement="inside"`` (which emits
     ``u_t = g_t / sqrt(v_t + eps)``) it gives Zeiler's (2012, Alg. 1) update
     ``d_t = sqrt(w_{t-1} + eps) / sqrt(v_t + eps) g_t``. The hyperparameter is
-    named ``eps_root`` in the state, like the eps inside :func:`normalize`'s
-    root, so ``set_hyperparams(eps_root=...)`` moves Adadelta's one eps in both.
+    named ``eps`` in the state, like :func:`normalize`'s, so ``set_hyperparams(eps=...)``
+    moves Adadelta's one eps in both.
     State: ``count``, ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
-    ``eps_root``. Used by :func:`adamfx.adadelta`.
+    ``eps``. Used by :func:`adamfx.adadelta`.
     """
     return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()

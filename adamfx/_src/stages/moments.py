@@ -30,6 +30,8 @@ from adamfx._src.core.numerics import (
     safe_divide,
     scalar_like,
 )
+from adamfx._src.stages import eps as eps_module
+from adamfx._src.stages.eps import EpsPlacement
 from adamfx._src.storage.protocol import (
     Storage,
     check_keeps_elements,
@@ -231,51 +233,52 @@ class NormalizeState(NamedTuple):
     hyperparams: dict  # eps, eps_root
 
 
-EPS_PLACEMENTS = ("corrected", "raw")
-
-
 @dataclasses.dataclass(frozen=True)
 class Normalize(Stage):
     eps: float
     eps_root: float
-    eps_on: str
+    eps_placement: str
+
+    def __post_init__(self):
+        super().__post_init__()
+        eps_module.check_placement(self.eps_placement)
 
     def init(self, params):
         return NormalizeState(hp.as_arrays(eps=self.eps, eps_root=self.eps_root))
 
     def update(self, moments, state, params=None, **extra_args):
         moments = _require_moments(moments, "normalize")
-        eps, eps_root = state.hyperparams["eps"], state.hyperparams["eps_root"]
-        if self.eps_on == "raw":
-            eps = eps / jnp.sqrt(moments.nu_correction)
+        eps_root = state.hyperparams["eps_root"]
+        eps = eps_module.scalar_eps(self.eps_placement, state.hyperparams["eps"], moments.nu_correction)
         numerator = moments.mu if moments.mu is not None else moments.grad
 
         def leaf(m, v, g):
             m = m.astype(compute_dtype(m.dtype))
-            denominator = jnp.sqrt(v + scalar_like(eps_root, v)) + scalar_like(eps, v)
+            denominator = eps_module.guarded_root(v, scalar_like(eps, v), scalar_like(eps_root, v), self.eps_placement)
             return safe_divide(m, denominator).astype(g.dtype)
 
         return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
 
 
-def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_on: str = "corrected"):
+def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_placement: EpsPlacement = "outside"):
     """Divides the first moment (or the gradient) by the root of the second: ``m / (sqrt(v + eps_root) + eps)``.
 
-    ``eps_on`` says which root ``eps`` is added to:
+    ``eps_placement`` says where ``eps`` goes (:mod:`adamfx._src.stages.eps`):
 
-    - ``"corrected"`` (PyTorch, optax): ``m^ / (sqrt(v^) + eps)``;
-    - ``"raw"`` (Keras): ``m^ / (sqrt(v^) + eps / sqrt(1 - b2^t))``, i.e. eps on the
-      uncorrected ``sqrt(v)``.
+    - ``"outside"`` (PyTorch, optax Adam): ``m^ / (sqrt(v^) + eps)``;
+    - ``"outside_raw"`` (Keras Adam): ``m^ / (sqrt(v^) + eps / sqrt(1 - b2^t))``, i.e. eps on the
+      uncorrected ``sqrt(v)``;
+    - ``"inside"`` (Keras and optax Adagrad/RMSprop, Adadelta): ``m^ / sqrt(v^ + eps)``;
+    - ``"clamp"``: ``m^ / max(sqrt(v^), eps)``.
 
-    ``eps_root`` sits inside the root (optax's ``eps_root``; Keras RMSprop's eps).
+    ``eps_root`` sits inside the root besides (optax's ``eps_root``).
     A zero gradient history with ``eps = 0`` (``0 / 0``) gives a zero update,
     where PyTorch and optax give NaN. To differentiate *through* the update
     (meta-learning), give ``eps_root > 0`` (optax's advice): ``sqrt`` has no
     derivative at ``v = 0``.
     Emits parameter-shaped updates in the gradient's dtype. State: ``eps``, ``eps_root``.
     """
-    checks.check_choice("eps_on", eps_on, EPS_PLACEMENTS)
-    return Normalize(eps, eps_root, eps_on).transform()
+    return Normalize(eps, eps_root, eps_placement).transform()
 
 
 class MaxNuState(NamedTuple):
