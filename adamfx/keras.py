@@ -99,11 +99,12 @@ class Optimizer(keras.optimizers.Optimizer):
         ``optax.chain(...)``), or a zero-argument function returning one. ``model.save``
         writes adamfx transforms by value; any other transform saves only when given as a
         function registered with ``keras.saving.register_keras_serializable``.
-      name, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-      ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps: as in
-        ``keras.optimizers.Optimizer``. Keras applies them around the transform exactly as
-        around its own optimizers (clipping and loss unscaling before it; the weight EMA and
-        the accumulation of gradients around it).
+
+    ``name``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``, ``use_ema``, ``ema_momentum``,
+    ``ema_overwrite_frequency``, ``loss_scale_factor`` and ``gradient_accumulation_steps`` are as in
+    ``keras.optimizers.Optimizer``: Keras applies them around the transform exactly as around its
+    own optimizers (clipping and loss unscaling before it; the weight EMA and the accumulation of
+    gradients around it).
 
     ``learning_rate=`` and ``weight_decay=`` are refused: the learning rate is the
     transform's, and Keras's weight decay would act a second time outside it.

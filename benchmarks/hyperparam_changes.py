@@ -8,13 +8,15 @@ every 20 steps, three ways, measured in the same process:
 - ``adamfx.adam`` with ``adamfx.set_hyperparams``.
 
 Prints compilations of the train step and wall time (median of 3 runs) with ratios to the optax
-rebuild, writes ``benchmarks/out/hyperparam_changes.{json,png}``.
+rebuild, writes ``benchmarks/out/hyperparam_changes.{json,png}`` (``--out`` elsewhere).
 
-    python benchmarks/hyperparam_changes.py
+    python benchmarks/hyperparam_changes.py            # about a minute on 2 CPU cores
+    python benchmarks/hyperparam_changes.py --quick    # seconds: a small MLP, 40 steps, a change every 10, one run
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -117,7 +119,21 @@ def measure(fn):
     return {"seconds": statistics.median(times), "compiles": max(compiles)}
 
 
-def main():
+def main(argv=None):
+    global STEPS, EVERY, REPEATS, OUT, SIZES
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small MLP, 40 steps, one run (smoke test)")
+    parser.add_argument("--steps", type=int, help=f"jitted steps per run (default {STEPS})")
+    parser.add_argument("--every", type=int, help=f"steps between learning-rate changes (default {EVERY})")
+    parser.add_argument("--repeats", type=int, help=f"runs per contender, median (default {REPEATS})")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the JSON and PNG")
+    args = parser.parse_args(argv)
+    STEPS = args.steps or (40 if args.quick else STEPS)
+    EVERY = args.every or (10 if args.quick else EVERY)
+    REPEATS = args.repeats or (1 if args.quick else REPEATS)
+    OUT = args.out
+    if args.quick:
+        SIZES = [(64, 32), (32,), (32, 10), (10,)]
     runs = {
         "optax.adam rebuilt": run_optax_rebuild,
         "optax.inject_hyperparams": run_inject_hyperparams,
@@ -129,7 +145,7 @@ def main():
     print(f"{'':26} {'step compiles':>14} {'seconds':>9} {'vs rebuild':>11}")
     for name, r in results.items():
         print(f"{name:26} {r['compiles']:>14} {r['seconds']:>9.3f} {r['seconds'] / base:>10.2f}x")
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "hyperparam_changes.json").write_text(json.dumps({"jax": jax.__version__, "results": results}, indent=2))
     plt.switch_backend("Agg")
     fig, ax = plt.subplots(figsize=(6, 2.8))

@@ -12,9 +12,10 @@ shards on device 0, the optimizer-state bytes of
   (placed like their params), its packed buffer of norms and biases is split
   across the mesh; the target is <= 1.05x the unfused state per device,
 
-prints a table with the ratios, and writes ``benchmarks/out/zero_memory.{json,png}``.
+prints a table with the ratios, and writes ``benchmarks/out/zero_memory.{json,png}`` (``--out`` elsewhere).
 
-    python benchmarks/zero_memory.py
+    python benchmarks/zero_memory.py            # seconds to a minute
+    python benchmarks/zero_memory.py --quick    # a one-layer, narrow tree on meshes 1x8 and 8x1
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -82,8 +84,16 @@ def measure(data):
     }
 
 
-def main():
-    rows = [measure(data) for data in (1, 2, 4, 8)]
+def main(argv=None):
+    global VOCAB, WIDTH, LAYERS, OUT
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one narrow layer, meshes 1x8 and 8x1 (smoke test)")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the JSON and PNG")
+    args = parser.parse_args(argv)
+    OUT = args.out
+    if args.quick:
+        VOCAB, WIDTH, LAYERS = 512, 64, 1
+    rows = [measure(data) for data in ((1, 8) if args.quick else (1, 2, 4, 8))]
     print(f"optimizer-state bytes on device 0 ({platform.processor() or platform.machine()}, 8 simulated devices)")
     header = (
         f"{'mesh data x model':>18} {'params':>10} {'optax.adam':>11} {'adamfx':>10} {'ZeRO-1':>10} {'optax/ZeRO':>11}"
@@ -99,7 +109,7 @@ def main():
             f" {r['fused']:>10,} {r['fused/adamfx']:>12.4f}x"
             f" {r['fused ZeRO-1']:>13,} {r['fused ZeRO-1/ZeRO-1']:>12.4f}x"
         )
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "zero_memory.json").write_text(json.dumps({"jax": jax.__version__, "rows": rows}, indent=2))
     plt.switch_backend("Agg")
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -1,4 +1,5 @@
-"""The speed benchmarks run end to end (tiny sizes; this checks that they work, not how fast)."""
+"""The benchmarks answer --help without running, and run end to end in --quick mode (tiny sizes; this checks that they
+work, not how fast)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,36 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The scripts (a ``__main__`` block); harness.py, models.py and lowbit_configs.py are modules they share.
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if 'if __name__ == "__main__":' in p.read_text())
+
+
+def test_the_scripts_are_found():
+    assert {"step_speed.py", "memory.py", "hyperparam_changes.py", "zero_memory.py"} <= set(SCRIPTS)
+
+
+def test_every_benchmark_prints_usage_with_help_and_documents_quick():
+    """``--help`` exits 0 with the usage and a ``--quick`` option, and writes nothing (no benchmark ran)."""
+    env = {**os.environ, "XLA_FLAGS": ""}
+    out_dir = ROOT / "benchmarks" / "out"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out_dir.glob("*")) if out_dir.exists() else []
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / name), "--help"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in SCRIPTS
+    }
+    for name, run in runs.items():
+        out, err = run.communicate(timeout=300)  # the imports only (jax, flax, torch), even on a loaded machine
+        assert run.returncode == 0, f"{name} --help: {err[-2000:]}"
+        assert out.startswith("usage:") and "--quick" in out, f"{name} --help printed:\n{out}"
+    after = sorted((p.name, p.stat().st_mtime_ns) for p in out_dir.glob("*")) if out_dir.exists() else []
+    assert after == before
 
 
 def run_script(name: str, out: Path, *args: str) -> dict:

@@ -234,6 +234,12 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
 
     >>> import adamfx, optax
     >>> tx = adamfx.chain(optax.clip_by_global_norm(1.0), adamfx.adam(1e-3))
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.001, 0.001]
     """
     return Chain(tuple(optax.with_extra_args_support(tx) for tx in transforms)).transform()
 

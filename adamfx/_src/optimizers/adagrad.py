@@ -79,6 +79,12 @@ def adagrad(
 
     >>> import adamfx
     >>> tx = adamfx.adagrad(1e-2, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.01, 0.01]
     """
     conv = conventions.lookup(ADAGRAD_CONVENTIONS, convention)
     checks.check_hyperparameter("lr_decay", lr_decay, optional=True)

@@ -192,6 +192,12 @@ def adamw(
 
     >>> import adamfx
     >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.00101, 0.00099]
     """
     weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
     return adam(
@@ -239,6 +245,12 @@ def amsgrad(
 
     >>> import adamfx
     >>> tx = adamfx.amsgrad(1e-3, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.001, 0.001]
     """
     return adam(
         learning_rate,

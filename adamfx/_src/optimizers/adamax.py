@@ -57,8 +57,8 @@ def adamax(
     ==========  ========  =====  ======================  ============
     convention  lr        eps    eps added to            weight_decay
     ==========  ========  =====  ======================  ============
-    "optax"     2e-3 (*)  1e-8   |g| inside the max      coupled L2
-    "torch"     2e-3      1e-8   |g| inside the max      coupled L2
+    "optax"     2e-3 (*)  1e-8   ``|g|`` inside the max  coupled L2
+    "torch"     2e-3      1e-8   ``|g|`` inside the max  coupled L2
     "keras"     1e-3      1e-7   u, after the max        decoupled
     ==========  ========  =====  ======================  ============
 
@@ -75,6 +75,12 @@ def adamax(
 
     >>> import adamfx
     >>> tx = adamfx.adamax(2e-3, convention="keras")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.002, 0.002]
     """
     conv = conventions.lookup(ADAMAX_CONVENTIONS, convention)
     conventions.require("adamax", b1=b1, b2=b2)
@@ -115,6 +121,12 @@ def adamaxw(
 
     >>> import adamfx
     >>> tx = adamfx.adamaxw(2e-3, weight_decay=1e-2)
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.00202, 0.00198]
     """
     weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
     return adamax(

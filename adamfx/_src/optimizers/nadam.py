@@ -87,6 +87,12 @@ def nadam(
 
     >>> import adamfx
     >>> tx = adamfx.nadam(2e-3, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.002113, 0.002113]
     """
     conv = conventions.lookup(NADAM_CONVENTIONS, convention)
     conventions.require("nadam", b1=b1, b2=b2)
@@ -138,6 +144,12 @@ def nadamw(
 
     >>> import adamfx
     >>> tx = adamfx.nadamw(1e-3, weight_decay=1e-2, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.001066, 0.001046]
     """
     weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
     return nadam(

@@ -90,6 +90,12 @@ def radam(
 
     >>> import adamfx
     >>> tx = adamfx.radam(1e-3, convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.0005, 0.002]
     """
     conv = conventions.lookup(RADAM_CONVENTIONS, convention)
     conventions.require("radam", b1=b1, b2=b2)

@@ -105,6 +105,12 @@ def rmsprop(
 
     >>> import adamfx
     >>> tx = adamfx.rmsprop(1e-3, centered=True, momentum=0.9, convention="keras")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.003333, 0.003333]
     """
     conv = conventions.lookup(RMSPROP_CONVENTIONS, convention)
     conventions.warn_if_rho("rmsprop", options["decay"])
@@ -204,6 +210,12 @@ def adadelta(
 
     >>> import adamfx
     >>> tx = adamfx.adadelta(convention="torch")
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"]]
+    [-0.003162, 0.003162]
     """
     conv = conventions.lookup(ADADELTA_CONVENTIONS, convention)
     conventions.warn_if_rho("adadelta", options["decay"])

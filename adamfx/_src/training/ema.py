@@ -29,6 +29,11 @@ from adamfx._src.core.numerics import scalar_like
 
 
 class EmaState(NamedTuple):
+    """The state of :func:`adamfx.with_ema`: the wrapped state and the moving average of the params.
+
+    Read the average with :func:`adamfx.ema_params`; ``ema_momentum`` lives in ``hyperparams``.
+    """
+
     count: jax.Array  # steps taken (Keras' ``iterations``)
     ema: Any  # moving average of the params (a copy of the params before the first step)
     inner_state: Any  # the wrapped transform's state

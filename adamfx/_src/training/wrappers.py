@@ -172,6 +172,12 @@ def masked(tx: GradientTransformation, mask: Any):
 
     >>> import adamfx
     >>> tx = adamfx.masked(adamfx.adam(1e-3), adamfx.exclude_bias_and_norm)
+    >>> import jax.numpy as jnp
+    >>> params = {"w": jnp.ones((1, 2)), "bias": jnp.ones(2)}
+    >>> grads = {"w": jnp.array([[0.5, -2.0]]), "bias": jnp.array([0.5, -2.0])}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> [round(float(u), 6) for u in updates["w"][0]], [float(u) for u in updates["bias"]]  # bias: passed through
+    ([-0.001, 0.001], [0.5, -2.0])
     """
     return OptaxWrapper(optax.masked, (tx, checks.freeze(mask))).transform()
 
