@@ -134,7 +134,7 @@ def test_count_saturates_instead_of_overflowing():
     tx = adamfx.adam(1e-3)
     state = tx.init(params)
     top = jnp.iinfo(jnp.int32).max
-    state = (state[0]._replace(count=jnp.asarray(top, jnp.int32)),) + state[1:]
+    state = (state[0]._replace(count=jnp.asarray(top, jnp.int32)), *state[1:])
     _, state = tx.update(params, state, params)
     assert int(state[0].count) == top
 
