@@ -2,13 +2,14 @@
 
 Where things live (``adamfx/_src/``, by role; each package's docstring says more):
 ``optimizers/`` (``adam.py``: Adam, AdamW, AMSGrad; one module per family; ``conventions.py``),
-``stages/`` (``moments.py``: scale_by_moments, bias_correction, normalize; ``lr_and_decay.py``;
+``stages/`` (``moments.py``: scale_by_moments, bias_correction, normalize; ``learning_rate.py``, ``weight_decay.py``;
 corrections, momentum, other second moments, clipping), ``storage/`` (float with stochastic rounding,
 int8, factored), ``execution/`` (fused, flat_params, sharding), ``training/`` (wrappers, EMA,
 checkpoint checks, sweeps, Keras configs) and ``core/`` (the stage protocol, checks, hyperparameters).
 """
 
 from adamfx._src.core.base import Chain, GradientTransformation, GradientTransformationExtraArgs, Stage, chain
+from adamfx._src.core.checks import AdamfxWarning
 from adamfx._src.core.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.execution.flat import flat_params
 from adamfx._src.execution.fused import fused
@@ -22,10 +23,11 @@ from adamfx._src.optimizers.rmsprop import adadelta, rmsprop
 from adamfx._src.optimizers.sgd import sgd
 from adamfx._src.stages.clipping import clip_by_global_norm, clip_by_norm_per_leaf, clip_by_value, negate, unscale_loss
 from adamfx._src.stages.corrections import nesterov_momentum, rectify
-from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
+from adamfx._src.stages.learning_rate import lr_decay
 from adamfx._src.stages.moment_forms import accumulate_squares, center, infinity_norm, update_rms
 from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normalize, scale_by_moments
-from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.momentum import trace
+from adamfx._src.stages.weight_decay import add_decayed_weights, decoupled_weight_decay
 from adamfx._src.storage.factored import FactoredStorage
 from adamfx._src.storage.int8 import Int8Storage
 from adamfx._src.storage.protocol import FloatStorage, Storage
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONVENTIONS",
+    "AdamfxWarning",
     "Chain",
     "EmaState",
     "FactoredStorage",
