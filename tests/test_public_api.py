@@ -15,6 +15,7 @@ def _public_names():
 
 
 def test_all_equals_the_public_names():
+    # (sorted isort-style, constants first: ruff's RUF022 checks that)
     assert len(adamfx.__all__) == len(set(adamfx.__all__)), "a name is listed twice"
     assert set(adamfx.__all__) == _public_names()
 
