@@ -36,14 +36,14 @@ if keras.backend.backend() != "jax":
         'set KERAS_BACKEND=jax (or "backend": "jax" in ~/.keras/keras.json) before Keras is first imported'
     )
 
-from typing import Any  # noqa: E402
+from typing import Any, cast  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from keras.src.utils import tracking  # noqa: E402
 
-from adamfx._src.core.hyperparams import _stage_states, hyperparams, set_hyperparams  # noqa: E402
+from adamfx._src.core.hyperparams import hyperparams, set_hyperparams, stage_states  # noqa: E402
 from adamfx._src.training import keras_config  # noqa: E402
 
 __all__ = ["Optimizer"]
@@ -195,7 +195,9 @@ class Optimizer(keras.optimizers.Optimizer):
                 f"optimizer state leaf {where} has dtype {value.dtype}, which a Keras variable cannot hold"
             ) from error
         name = "".join(c if c.isalnum() or c in "_-" else "_" for c in where) or "state"
-        return self.add_variable(shape=value.shape, initializer=value, dtype=dtype, name=name)
+        # Keras types initializer as a name, but takes an array too (the value the variable starts from).
+        initializer = cast(Any, value)
+        return self.add_variable(shape=value.shape, initializer=initializer, dtype=dtype, name=name)
 
     @property
     def state(self) -> Any:
@@ -243,8 +245,8 @@ class Optimizer(keras.optimizers.Optimizer):
             )
         params = {k: v.value for k, v in zip(keys, trainable_variables, strict=True)}
         grads = {k: keras.ops.cast(g, params[k].dtype) for k, g in zip(keys, grads, strict=True)}
-        updates, state = self._tx.update(grads, self.state, params)
-        new_params = optax.apply_updates(params, updates)
+        updates, state = self._tx.update(cast(Any, grads), self.state, params)
+        new_params = cast(dict, optax.apply_updates(params, updates))
         for key, variable in zip(keys, trainable_variables, strict=True):
             self.assign(variable, new_params[key])
         self._write_state(state)
@@ -284,7 +286,7 @@ class Optimizer(keras.optimizers.Optimizer):
         if self._applying:
             return None
         state = self._state_or_template()
-        held = [node.hyperparams["learning_rate"] for _, node in _stage_states(state) if _holds_lr(node)]
+        held = [node.hyperparams["learning_rate"] for _, node in stage_states(state) if _holds_lr(node)]
         reported = hyperparams(state)  # raises when parameter groups keep different values
         if not held and "learning_rate" not in reported:
             raise AttributeError(

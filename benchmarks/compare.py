@@ -144,7 +144,7 @@ def charlm_task(steps: int, n_bytes: int = 600_000, batch: int = 16, context: in
         parts = [windows(train, np.random.default_rng([int(s), start]), (count, batch)) for s in seeds]
         return tuple(np.stack(p, axis=1) for p in zip(*parts, strict=True))  # (steps, members, batch, context)
 
-    held_out = lambda data: windows(data, np.random.default_rng(1234), (64,))  # noqa: E731
+    held_out = lambda data: windows(data, np.random.default_rng(1234), (64,))
     return Task("character LM", init, loss, batches, held_out(val), held_out(test), steps, chunk=max(1, steps // 10))
 
 

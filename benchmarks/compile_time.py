@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 LEAVES = [100, 200, 400, 800, 1600]
 QUICK_LEAVES = [100, 400]

@@ -32,8 +32,8 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import adamfx  # noqa: E402
-from benchmarks.lowbit_configs import STORAGES as ALL_STORAGES  # noqa: E402
+import adamfx
+from benchmarks.lowbit_configs import STORAGES as ALL_STORAGES
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -119,7 +119,7 @@ class Block(nnx.Module):
     def __call__(self, x):
         b, t, d = x.shape
         q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
-        split = lambda z: z.reshape(b, t, self.heads, d // self.heads)  # noqa: E731
+        split = lambda z: z.reshape(b, t, self.heads, d // self.heads)
         y = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=True)
         x = x + self.proj(y.reshape(b, t, d))
         return x + self.out(jax.nn.gelu(self.fc(self.ln2(x))))
@@ -283,7 +283,7 @@ def main() -> None:
         )
     results = {
         "digits": {"epochs": args.epochs, "seeds": args.seeds, "runs": digits},
-        "charlm": {"steps": args.steps, "bytes": int(len(text)), "runs": charlm},
+        "charlm": {"steps": args.steps, "bytes": len(text), "runs": charlm},
         "device": str(jax.devices()[0]),
     }
     (OUT / "convergence.json").write_text(json.dumps(results))

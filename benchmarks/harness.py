@@ -76,7 +76,7 @@ def write_json(path: Path, payload: dict) -> None:
 def table(rows: list[list[str]], header: list[str]) -> str:
     """A plain-text table with right-aligned columns."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True))
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 

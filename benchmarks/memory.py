@@ -41,8 +41,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import adamfx  # noqa: E402
-from benchmarks.lowbit_configs import STORAGES as ALL_STORAGES  # noqa: E402
+import adamfx
+from benchmarks.lowbit_configs import STORAGES as ALL_STORAGES
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -62,7 +62,7 @@ def optimizer(name: str):
 
 def gpt2_small(vocab: int = 50257, context: int = 1024, width: int = 768, layers: int = 12) -> dict:
     """Parameter shapes of GPT-2 small (124M parameters)."""
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     tree = {"wte": f32(vocab, width), "wpe": f32(context, width), "ln_f": {"scale": f32(width), "bias": f32(width)}}
     for i in range(layers):
         tree[f"block{i}"] = {

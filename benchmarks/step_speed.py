@@ -47,9 +47,9 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
+import harness
 
-import adamfx  # noqa: E402
+import adamfx
 
 BYTES_PER_PARAM = 28  # fp32 Adam: read p, g, m, v; write p, m, v
 CASES = ["1x2^25", "64x2^19", "1000x4096", "1000x64", "transformer"]
@@ -153,7 +153,7 @@ def jax_contenders(params):
 
     def floor():
         n = sum(p.size for p in jax.tree.leaves(params))
-        full = lambda value: jnp.full((n,), value, jnp.float32)  # noqa: E731
+        full = lambda value: jnp.full((n,), value, jnp.float32)
         return _floor_step, full(0.5), (full(0.0), full(0.0)), full(1e-3)
 
     return {
@@ -276,7 +276,7 @@ def print_rows(rows, peak):
     header = ["case", "mode", "contender", "ms/step", "iqr", "x optax.adam", "x torch fused", "x floor", "GB/s"]
     if peak:
         header.append("% peak")
-    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"
     body = []
     for r in rows:
         line = [r["case"], r["mode"], r["contender"], f"{r['median_s'] * 1e3:.3f}", f"{100 * r['iqr_rel']:.0f}%"]
@@ -336,7 +336,7 @@ def pivot(rows) -> str:
     lines = ["| case | mode | " + " | ".join(contenders) + " |", "|---|---|" + "---|" * len(contenders)]
     for case, mode in dict.fromkeys((r["case"], r["mode"]) for r in rows):
         cells = {r["contender"]: r for r in rows if r["case"] == case and r["mode"] == mode}
-        fmt = lambda r: f"{r['median_s'] * 1e3:.3g} ms ({r['vs optax.adam']:.2f}x)"  # noqa: E731
+        fmt = lambda r: f"{r['median_s'] * 1e3:.3g} ms ({r['vs optax.adam']:.2f}x)"
         lines.append(
             f"| {case} | {mode} | " + " | ".join(fmt(cells[c]) if c in cells else "-" for c in contenders) + " |"
         )

@@ -38,10 +38,10 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
-import models  # noqa: E402
+import harness
+import models
 
-import adamfx  # noqa: E402
+import adamfx
 
 LR = 1e-3
 REFERENCE = "optax.adam"
@@ -61,7 +61,7 @@ def make_step(graphdef, tx, unflatten=None):
 def contenders(graphdef, params):
     """name -> (jitted step, params, opt state)."""
     flat, unflatten = adamfx.flat_params(params)
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
     out = {}
     for name, tx in [
         ("optax.adam", optax.adam(LR)),

@@ -24,19 +24,19 @@ import os
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+from pathlib import Path
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import optax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import optax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import adamfx  # noqa: E402
+import adamfx
 
 VOCAB, WIDTH, LAYERS = 4096, 256, 4
 OUT = Path(__file__).parent / "out"
@@ -72,7 +72,7 @@ def measure(data):
     mesh = jax.make_mesh((data, 8 // data), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     params = sharded_params(mesh)
     device = jax.devices()[0]
-    on_device = lambda tree: adamfx.bytes_per_device(tree)[device]  # noqa: E731
+    on_device = lambda tree: adamfx.bytes_per_device(tree)[device]
     return {
         "mesh": f"{data}x{8 // data}",
         "params": on_device(params),

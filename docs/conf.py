@@ -17,7 +17,7 @@ import adamfx  # noqa: E402
 
 project = "adamfx"
 author = "the adamfx authors"
-copyright = "the adamfx authors, Apache-2.0"  # noqa: A001 (Sphinx's name)
+copyright = "the adamfx authors, Apache-2.0"
 release = version = adamfx.__version__
 
 extensions = [

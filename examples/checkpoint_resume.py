@@ -67,7 +67,7 @@ def train(tx, params, state, start, stop, desc):
         return optax.apply_updates(params, updates), state, loss
 
     for i in tqdm(range(start, stop), desc=desc):
-        params, state, loss = step(params, state, *batch(i))
+        params, state, _loss = step(params, state, *batch(i))
     return params, state
 
 

@@ -21,13 +21,13 @@ import jax
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from digits_mlp import MLP, evaluate, load_data, train_step  # noqa: E402  (the flagship's model, data and steps)
-from flax import nnx  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from digits_mlp import MLP, evaluate, load_data, train_step
+from flax import nnx
+from tqdm import tqdm
 
-import adamfx  # noqa: E402
+import adamfx
 
 OUT = pathlib.Path(__file__).parent / "out"
 OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop", "adadelta", "nadam", "adamax", "radam")

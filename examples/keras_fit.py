@@ -21,11 +21,11 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before Keras is first imported
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import adamfx  # noqa: E402
-import adamfx.keras  # noqa: E402
+import adamfx
+import adamfx.keras
 
 FEATURES, N_TRAIN, N_VAL = 100, 1000, 200
 

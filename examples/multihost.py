@@ -134,7 +134,7 @@ def main(args) -> float:
             checkpointer.wait_until_finished()
             # As after a restart: check the checkpoint against the optimizer, restore into the shardings.
             adamfx.check_compatible(tx, params, checkpointer.metadata(path).item_metadata.tree["opt_state"])
-            abstract = lambda tree, shardings: jax.tree.map(  # noqa: E731
+            abstract = lambda tree, shardings: jax.tree.map(
                 lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
             )
             target = {

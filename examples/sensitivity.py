@@ -25,14 +25,14 @@ import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from digits_mlp import MLP, load_data  # noqa: E402  (the flagship's model and data)
-from flax import nnx  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from digits_mlp import MLP, load_data
+from flax import nnx
+from tqdm import tqdm
 
-import adamfx  # noqa: E402
+import adamfx
 
 OUT = pathlib.Path(__file__).parent / "out"
 # One line per optimizer: how it is built from a learning rate.

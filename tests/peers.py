@@ -38,9 +38,9 @@ import numpy as np
 
 os.environ["KERAS_BACKEND"] = "jax"  # must precede any `import keras`
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
 Params = dict[str, np.ndarray]
 
@@ -326,9 +326,6 @@ def run_transform(tx: optax.GradientTransformation, problem: Problem, steps: int
 
         params = {k: jnp.asarray(v) for k, v in problem.params_in(dtype).items()}
         return _trajectory(problem, steps, (params, tx.init(params)), lambda s: s[0], apply)
-
-
-run_optax = run_transform  #: alias; optax is just one source of transforms
 
 
 # --------------------------------------------------------------------------

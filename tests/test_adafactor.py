@@ -20,7 +20,7 @@ from tests import test_sharding
 CONVENTIONS = ("optax", "torch", "keras")
 
 
-def SLOW_CONVENTIONS(*names):  # noqa: N802 -- reads as a constant in the parametrize lists
+def SLOW_CONVENTIONS(*names):
     return [pytest.param(name, marks=pytest.mark.slow) for name in names]
 
 
@@ -45,7 +45,7 @@ def run(tx, params, steps=2, state=None):
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_fused_is_rejected_naming_the_per_leaf_stage(convention):
-    with pytest.raises(ValueError, match="fused.*ScaleByFactoredRms.*not elementwise"):
+    with pytest.raises(ValueError, match=r"fused.*ScaleByFactoredRms.*not elementwise"):
         adamfx.fused(adamfx.adafactor(convention=convention, weight_decay=0.1))
 
 

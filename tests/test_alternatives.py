@@ -253,7 +253,7 @@ def test_keras_keeps_the_learning_rate_inside_the_momentum_buffer(name):
             tx = getattr(adamfx, name)(learning_rate, convention=convention, **shared)
             return peers.run_transform(tx, problem, 100)
 
-    schedule = lambda count: 0.01 * 0.9**count  # noqa: E731
+    schedule = lambda count: 0.01 * 0.9**count
     assert peers.max_abs_diff(run("keras", 0.01), run("torch", 0.01)) < 1e-12
     assert peers.max_abs_diff(run("keras", schedule), run("torch", schedule)) > 1e-3
 

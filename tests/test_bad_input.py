@@ -90,7 +90,7 @@ def _state(entry):
 
 def _settable(entry):
     state = _state(entry)
-    return state, sorted(adamfx._src.core.hyperparams.settable_hyperparams(state) & set(registry.RANGES))
+    return state, sorted(set(adamfx.hyperparams(state)) & set(registry.RANGES))
 
 
 SETTABLE = [(entry, name) for entry in registry.OPTIMIZERS for name in _settable(entry)[1]]

@@ -97,8 +97,10 @@ def test_an_unknown_keyword_lists_the_arguments_and_a_close_match():
 
 @pytest.mark.parametrize("factory", [adamfx.rmsprop, adamfx.adadelta])
 def test_decay_that_looks_like_rho_warns_naming_rho(factory):
-    with pytest.warns(UserWarning, match=r"decay=0.9\) is the legacy learning-rate decay.*did you mean rho=0.9"):
+    legacy = r"decay=0.9\) is the legacy learning-rate decay.*did you mean rho=0.9"
+    with pytest.warns(adamfx.AdamfxWarning, match=legacy) as record:
         factory(1e-3, decay=0.9)
+    assert record[0].filename == __file__  # the warning points at the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         factory(1e-3, decay=1e-4)  # a learning-rate decay: no warning

@@ -91,9 +91,9 @@ def test_zero_moment_decodes_to_zero_and_state_is_small():
 def test_factored_is_not_elementwise_and_only_for_the_second_moment():
     assert stage_of(adamfx.scale_by_moments(nu_dtype="factored")).elementwise is False
     assert stage_of(adamfx.scale_by_moments(mu_dtype="int8", nu_dtype="int8")).elementwise is True
-    with pytest.raises(ValueError, match="mu_dtype=.*only a second moment"):
+    with pytest.raises(ValueError, match=r"mu_dtype=.*only a second moment"):
         adamfx.adam(mu_dtype="factored")
-    with pytest.raises(ValueError, match="nu_dtype='factored'.*running maximum"):
+    with pytest.raises(ValueError, match=r"nu_dtype='factored'.*running maximum"):
         adamfx.amsgrad(nu_dtype="factored")
     with pytest.raises(ValueError, match="min_dim_size=1 is invalid"):
         adamfx.FactoredStorage(min_dim_size=1)

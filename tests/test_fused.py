@@ -68,7 +68,7 @@ def layout_of(fx, params):
 def to_fused_state(state, fx, params):
     """The unfused ``state`` with every parameter-shaped subtree packed as ``fx`` packs it."""
     layout = layout_of(fx, params)
-    is_param_tree = lambda x: jax.tree.structure(x) == layout.treedef  # noqa: E731
+    is_param_tree = lambda x: jax.tree.structure(x) == layout.treedef
     inner = jax.tree.map(lambda x: layout.flatten(x) if is_param_tree(x) else x, state, is_leaf=is_param_tree)
     assert jax.tree.structure(inner) == jax.tree.structure(fx.init(params).inner)
     return FusedState(inner)
@@ -195,7 +195,7 @@ def test_weight_decay_mask_groups_leaves(mask, name):
     spec = tree_mask if mask == "tree" else (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
     tx = MASKED[name](spec)
     fx = adamfx.fused(tx)
-    is_buffers = lambda x: isinstance(x, dict) and "['big']" in x  # noqa: E731
+    is_buffers = lambda x: isinstance(x, dict) and "['big']" in x
     buffers = [x for x in jax.tree.leaves(fx.init(params).inner, is_leaf=is_buffers) if is_buffers(x)]
     assert sorted(buffers[0]) == ["['big']", "bfloat16:1", "float32:0", "float32:1"]
     state = tx.init(params)
@@ -368,11 +368,11 @@ def test_flat_params_roundtrip_and_training():
     flat, unflatten = adamfx.flat_params(params)
     assert sorted(flat) == ["bfloat16", "float32"]
     assert_close(unflatten(flat), params, "float32")
-    flat_again, unflatten_again = adamfx.flat_params(params)
+    _flat_again, unflatten_again = adamfx.flat_params(params)
     assert unflatten == unflatten_again  # by value: a static jit argument that does not retrace
 
     # Gradients with respect to the flat buffers are flat; one step equals the tree step.
-    loss = lambda p: sum(jnp.sum(jnp.sin(x.astype(jnp.float32))) for x in jax.tree.leaves(p))  # noqa: E731
+    loss = lambda p: sum(jnp.sum(jnp.sin(x.astype(jnp.float32))) for x in jax.tree.leaves(p))
     flat_grads = jax.grad(lambda f: loss(unflatten(f)))(flat)
     assert jax.tree.map(jnp.shape, flat_grads) == jax.tree.map(jnp.shape, flat)
     tx = adamfx.adam(1e-2)

@@ -77,7 +77,7 @@ def test_no_recompile_on_rebuild_or_new_hyperparameters(name):
 def test_sharded_run_equals_the_single_device_run(name):
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     specs = {"w": P("data", "model"), "b": P("model"), "s": P()}
-    place = lambda t: jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), t, specs)  # noqa: E731
+    place = lambda t: jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), t, specs)
     tx, params = BUILDS[name](), tree(0)
     state = adamfx.init_sharded(tx, place(params))
     step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, s, p)))

@@ -153,7 +153,7 @@ def relative(actual, expected):
 
 
 def whole_model_relative(actual, expected):
-    flat = lambda weights: np.concatenate([w.ravel() for w in weights])  # noqa: E731
+    flat = lambda weights: np.concatenate([w.ravel() for w in weights])
     return float(np.linalg.norm(flat(actual) - flat(expected)) / np.linalg.norm(flat(expected)))
 
 
@@ -265,7 +265,7 @@ def sgd_momentum_without_options():
 
 @pytest.mark.parametrize(("keyword", "value"), [("weight_decay", 0.01), ("learning_rate", 0.1)])
 def test_keras_weight_decay_and_learning_rate_are_refused(keyword, value):
-    with pytest.raises(ValueError, match="adamfx.adamw|the transform's"):
+    with pytest.raises(ValueError, match=r"adamfx\.adamw|the transform's"):
         adamfx.keras.Optimizer(adamfx.adam(1e-3), **{keyword: value})
 
 
@@ -300,8 +300,8 @@ def test_learning_rate_set_before_build_is_applied():
 
 def test_learning_rate_scheduler_callback_acts_as_on_keras_sgd():
     """keras.callbacks.LearningRateScheduler halves the rate each epoch: the same losses as Keras's SGD."""
-    schedule = lambda epoch, lr: 0.05 * 0.5**epoch  # noqa: E731
-    callbacks = lambda: [keras.callbacks.LearningRateScheduler(schedule)]  # noqa: E731
+    schedule = lambda epoch, lr: 0.05 * 0.5**epoch
+    callbacks = lambda: [keras.callbacks.LearningRateScheduler(schedule)]
     expected = train(K.SGD(0.05, momentum=0.9), epochs=3, callbacks=callbacks())
     optimizer = adamfx.keras.Optimizer(adamfx.sgd(0.05, momentum=0.9, convention="keras"))
     actual = train(optimizer, epochs=3, callbacks=callbacks())
@@ -329,7 +329,7 @@ def test_optax_transform_without_state_learning_rate_trains_but_has_no_learning_
     actual = train(optimizer, epochs=1)
     np.testing.assert_allclose(actual[0], expected[0], rtol=1e-5)
     assert not hasattr(optimizer, "learning_rate")
-    with pytest.raises(AttributeError, match="keeps no learning rate in its state.*inject_hyperparams"):
+    with pytest.raises(AttributeError, match=r"keeps no learning rate in its state.*inject_hyperparams"):
         optimizer.learning_rate  # noqa: B018
     with pytest.raises(AttributeError, match="keeps no learning rate"):  # what Keras's callbacks then meet
         fit(compiled(adamfx.keras.Optimizer(optax.adam(1e-3))), 1, callbacks=[keras.callbacks.ReduceLROnPlateau()])
@@ -404,7 +404,7 @@ def test_foreign_transform_saves_as_a_registered_factory(tmp_path):
 def test_foreign_transform_without_factory_says_how_to_save(tmp_path):
     model = compiled(adamfx.keras.Optimizer(optax.chain(optax.clip(1.0), adamfx.adam(1e-3))))
     fit(model, 1)
-    with pytest.raises(ValueError, match="not an adamfx stage.*register_keras_serializable"):
+    with pytest.raises(ValueError, match=r"not an adamfx stage.*register_keras_serializable"):
         model.save(tmp_path / "m.keras")
 
 

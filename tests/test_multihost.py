@@ -105,7 +105,7 @@ def gathered(tree):
 
 
 def run_uninterrupted(mesh, name):
-    params, tx, state_shardings, train = setup(mesh, name)
+    params, tx, _state_shardings, train = setup(mesh, name)
     state = adamfx.init_sharded(tx, params, zero_axis="data")
     return train(params, state, 0, TOTAL)
 
@@ -173,7 +173,7 @@ def launch(workdir: Path, phase: str) -> dict[str, np.ndarray]:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     port = free_port()
-    logs = [open(workdir / f"{phase}-{i}.log", "w+") for i in range(2)]  # noqa: SIM115
+    logs = [open(workdir / f"{phase}-{i}.log", "w+") for i in range(2)]
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, str(workdir), str(port), str(i), phase],

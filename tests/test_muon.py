@@ -78,7 +78,7 @@ def test_muon_mask_sends_a_chosen_matrix_to_adam_as_optax_does():
         )
         dims = {"embed": None, "w": optax.contrib.MuonDimensionNumbers(), "b": None}
         theirs = optax.contrib.muon(0.02, muon_weight_dimension_numbers=dims)
-        a, state = _run(ours, shapes)
+        a, _state = _run(ours, shapes)
         b, _ = _run(theirs, shapes)
     for k in shapes:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-12, err_msg=k)
@@ -160,7 +160,7 @@ def test_sharded_matrices_give_the_unsharded_result_on_8_devices():
     for convention in ("torch", "keras", "optax"):
         tx = adamfx.muon(0.02, muon_mask=mask, convention=convention)
         single, _ = _run(tx, shapes)
-        sharded, state = _run(tx, shapes, shardings=shardings)
+        sharded, _state = _run(tx, shapes, shardings=shardings)
         assert sharded["w"].sharding.is_equivalent_to(shardings["w"], 2)
         for k in shapes:  # the Gram matrix's sums split across devices: float32 rounding, no more
             np.testing.assert_allclose(sharded[k], single[k], rtol=2e-6, atol=2e-6, err_msg=f"{convention} {k}")

@@ -238,7 +238,7 @@ def test_storages_follow_float32(nu_dtype):
 
 
 def test_fused_rejects_factored():
-    with pytest.raises(ValueError, match="elementwise|factored"):
+    with pytest.raises(ValueError, match=r"elementwise|factored"):
         adamfx.fused(adamfx.adabelief(nu_dtype="factored"))
 
 
@@ -254,5 +254,5 @@ def test_hyperparameters_live_in_the_state():
 
 
 def test_unknown_convention_names_the_available_ones():
-    with pytest.raises(ValueError, match="optax.*torch"):
+    with pytest.raises(ValueError, match=r"optax.*torch"):
         adamfx.adabelief(convention="keras")

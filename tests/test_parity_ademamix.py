@@ -98,7 +98,7 @@ def run_torch_class(cls, kwargs, problem: peers.Problem, steps: int, dtype, sche
                 sched.step()
             return state
 
-        params_of = lambda _: {k: t.detach().numpy() for k, t in tensors.items()}  # noqa: E731
+        params_of = lambda _: {k: t.detach().numpy() for k, t in tensors.items()}
         return peers._trajectory(problem, steps, None, params_of, update)
 
 
@@ -170,7 +170,7 @@ def test_matches_peer(name, convention, dtype):
     if dtype == np.float64:
         assert peers.max_abs_diff(actual, expected) <= F64_TOLERANCE
     else:
-        exact = lambda: peer_trajectory(case, convention, problem, np.float64)  # noqa: E731
+        exact = lambda: peer_trajectory(case, convention, problem, np.float64)
         peers.assert_matches_peer(actual, expected, dtype, exact)  # optax's float32 1 - b3 is off by 3e-4
 
 
@@ -256,7 +256,7 @@ def test_factored_second_moment_converges_like_the_full_one():
     """A factored v is a model of v (the trajectory moves, as Adam's does): it must get as near the optimum."""
     problem = peers.make_problem(np.float32, shapes=STORAGE_PROBLEM)
     target = peers.flatten(problem.target)
-    rms = lambda tx: np.sqrt(np.mean((_steps(tx, problem, 150, np.float32)[-1] - target) ** 2))  # noqa: E731
+    rms = lambda tx: np.sqrt(np.mean((_steps(tx, problem, 150, np.float32)[-1] - target) ** 2))
     full, factored = (
         rms(adamfx.ademamix(LR, **STORAGE_KWARGS)),
         rms(adamfx.ademamix(LR, **STORAGE_KWARGS, nu_dtype="factored")),

@@ -233,7 +233,7 @@ def test_clip_value_fn_must_be_callable():
 
 
 def test_unknown_convention_names_the_available_ones():
-    with pytest.raises(ValueError, match="optax.*torch"):
+    with pytest.raises(ValueError, match=r"optax.*torch"):
         adamfx.adopt(convention="keras")
 
 

@@ -130,9 +130,9 @@ def torch_peer(case: Case, problem, dtype):
 
     kwargs = _torch_kwargs(case)
     if case.cautious:
-        make = lambda params: CautiousLion(params, cautious_factor=0.0, **kwargs)  # noqa: E731
+        make = lambda params: CautiousLion(params, cautious_factor=0.0, **kwargs)
     else:
-        make = lambda params: Lion(params, **kwargs)  # noqa: E731
+        make = lambda params: Lion(params, **kwargs)
     return run_torch_class(make, problem, STEPS, dtype, _lr_lambda(case))
 
 
@@ -140,7 +140,7 @@ def pytorch_optimizer_peer(case: Case, problem, dtype, default_lr: float, defaul
     from pytorch_optimizer import Lion
 
     kwargs = _torch_kwargs(case, default_lr, default_wd)
-    make = lambda params: Lion(params, cautious=True, **kwargs)  # noqa: E731
+    make = lambda params: Lion(params, cautious=True, **kwargs)
     return run_torch_class(make, problem, STEPS, dtype, _lr_lambda(case))
 
 

@@ -107,7 +107,7 @@ def run_torch(muon_kwargs, adamw_kwargs, problem=PROBLEM, steps=STEPS, gamma=Non
 # -- Keras ------------------------------------------------------------------------------------------
 
 
-def _float64_norm(x, ord=None, axis=None, keepdims=False):  # noqa: A002 -- keras.ops.norm's signature
+def _float64_norm(x, ord=None, axis=None, keepdims=False):
     assert ord in (None, "fro"), ord
     return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims))
 

@@ -118,7 +118,7 @@ def test_matches_peer(name, convention, dtype):
     if dtype == np.float64:
         assert peers.max_abs_diff(actual, expected) <= F64_TOLERANCE
     else:
-        exact = lambda: peer_trajectory(case, convention, problem, np.float64)  # noqa: E731
+        exact = lambda: peer_trajectory(case, convention, problem, np.float64)
         peers.assert_matches_peer(actual, expected, dtype, exact)
 
 
@@ -244,7 +244,7 @@ def test_low_precision_moments_stay_near_the_float32_trajectory(spec):
     problem = peers.make_problem(np.float32, shapes={"w": (64, 80), "b": (32,), "s": ()})
     reference = peers.run_transform(adamfx.prodigy(d0=F32_D0), problem, 150, np.float32)
     low = peers.run_transform(adamfx.prodigy(d0=F32_D0, **spec), problem, 150, np.float32)
-    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))
     moved = rms(reference[-1] - reference[0])  # int8 rounds m by blocks: Adam's int8 here is 0.019 RMS of 1.35
     assert moved > 0.5 and rms(low - reference) < 0.05 * moved
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import peers  # noqa: E402
+import peers
 
 STEPS = 300
 LR = 1e-2  # large enough that the parameters travel ~2 units in 300 steps

@@ -115,7 +115,7 @@ def test_nearest_rounding_matches_the_code_table(x, block_size, signed):
     assert q.codes.dtype == jnp.uint8 and q.codes.shape == x.shape
     # blocks tile the last axis when it is a multiple of the block size; else the flattened leaf
     rows = x.ndim >= 1 and x.shape[-1] % block_size == 0
-    assert q.scale.shape == (x.shape[:-1] + (x.shape[-1] // block_size,) if rows else (math.ceil(x.size / block_size),))
+    assert q.scale.shape == ((*x.shape[:-1], x.shape[-1] // block_size) if rows else (math.ceil(x.size / block_size),))
     want = reference_nearest(x, block_size, signed)
     # ties and float32 division may pick the other of two equally near codes: allow 1e-6 relative slack
     assert np.all(np.abs(got - want) <= 1e-6 * np.abs(want) + error_bound(x, block_size, signed, 0) + 1e-45)

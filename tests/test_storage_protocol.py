@@ -72,7 +72,7 @@ def test_an_object_that_is_not_a_storage_is_rejected_by_name():
         def decode(self, stored, **kw):
             return stored
 
-    with pytest.raises(ValueError, match="mu_dtype=.*Storage"):
+    with pytest.raises(ValueError, match=r"mu_dtype=.*Storage"):
         adamfx.adam(1e-3, mu_dtype=DuckTyped())
 
 

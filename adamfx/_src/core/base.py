@@ -12,7 +12,7 @@ optimizer is re-created (optax's closures compare by identity).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +49,12 @@ class Stage:
     ``apply_if_finite`` need a fixed carry type).
     """
 
-    elementwise: ClassVar[bool] = True
     live: frozenset = dataclasses.field(default=frozenset(), kw_only=True, repr=False)
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether ``update`` treats every element on its own (a subclass that does not says so)."""
+        return True
 
     def hyperparameters(self) -> dict[str, Any]:
         """This stage's hyperparameters by their name in the table (and in the state)."""
@@ -83,12 +87,12 @@ class Stage:
 
     def transform(self) -> GradientTransformationExtraArgs:
         """This stage as an optax ``GradientTransformationExtraArgs``."""
-        return GradientTransformationExtraArgs(_Method(self, "init"), _Method(self, "update"))
+        return GradientTransformationExtraArgs(BoundMethod(self, "init"), BoundMethod(self, "update"))
 
 
 def _inject(stage: Stage, state: Any) -> Any:
     """``state`` with the stage's live hyperparameters in its ``hyperparams`` dict."""
-    if not (isinstance(state, tuple) and "hyperparams" in getattr(state, "_fields", ())):
+    if "hyperparams" not in getattr(state, "_fields", ()):  # not a stage state (a NamedTuple with hyperparams)
         return state
     values = dict(state.hyperparams)
     for name, value in stage.hyperparameters().items():
@@ -115,10 +119,10 @@ def _keep_dtypes(new_state: Any, old_state: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Method:
+class BoundMethod:
     """``stage.<name>`` as a callable that compares and hashes by value."""
 
-    stage: Stage
+    stage: Any  # a Stage, or another frozen dataclass (flat_params's Layout)
     name: str
 
     def __call__(self, *args, **kwargs):
@@ -129,7 +133,15 @@ class _Method:
 def stage_of(tx: GradientTransformation) -> Stage | None:
     """The adamfx :class:`Stage` behind ``tx``, or ``None`` for a foreign transform."""
     init = tx.init
-    return init.stage if isinstance(init, _Method) else None
+    return init.stage if isinstance(init, BoundMethod) and isinstance(init.stage, Stage) else None
+
+
+def require_stage(tx: GradientTransformation) -> Stage:
+    """The adamfx :class:`Stage` behind ``tx``; ``TypeError`` for a foreign transform."""
+    stage = stage_of(tx)
+    if stage is None:
+        raise TypeError(f"expected an adamfx stage, got a foreign transform ({tx.init!r})")
+    return stage
 
 
 @dataclasses.dataclass(frozen=True)

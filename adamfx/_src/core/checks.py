@@ -26,6 +26,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
+
+
+class AdamfxWarning(UserWarning):
+    """The category of every warning adamfx itself gives (e.g. a ``decay`` that looks like a moving-average rate)."""
 
 
 class Range(NamedTuple):
@@ -147,7 +152,7 @@ def check_hyperparameter(name: str, value: Any, *, optional: bool | None = None,
         if spec.optional:
             return
         raise _invalid(name, value, f"it must be {allowed}")
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return
     if callable(value):
         if spec.schedule:
@@ -185,7 +190,7 @@ def is_static_zero(value: Any) -> bool:
 
 def is_concrete(value: Any) -> bool:
     """Whether ``value`` can be read as a Python number now (not traced, not a schedule)."""
-    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, Tracer):
         return np.shape(value) == ()
     return isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, bool)
 
@@ -198,7 +203,7 @@ def as_python_scalar(value: Any) -> Any:
     ``learning_rate=jnp.array(1e-3)`` is stored as the float it holds. Traced
     values are left alone.
     """
-    if isinstance(value, (np.ndarray, np.generic, jax.Array)) and not isinstance(value, jax.core.Tracer):
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)) and not isinstance(value, Tracer):
         if np.shape(value) == ():
             return value.item()
     return value
@@ -216,7 +221,7 @@ def check_range(
 
     Traced values and ``None`` are not checked.
     """
-    if value is None or isinstance(value, jax.core.Tracer):
+    if value is None or isinstance(value, Tracer):
         return
     bracket = "]" if high_inclusive else ")"
     number = _real_scalar(name, value, f"a number in [{low}, {high}{bracket}")
@@ -285,81 +290,6 @@ def promote_to(tree: Any, reference: Any) -> Any:
         return x if wide == x.dtype else x.astype(wide)
 
     return jax.tree.map(leaf, tree, reference)
-
-
-def resolve_mask(mask: Any, params: Any, name: str = "mask") -> Any:
-    """Returns the boolean mask tree for ``params``, checking its structure.
-
-    ``mask`` is a pytree of bools with the structure of ``params`` or a callable
-    ``params -> such a pytree``.
-    """
-    tree = mask(params) if callable(mask) else mask
-    if jax.tree.structure(tree) != jax.tree.structure(params):
-        raise ValueError(
-            f"{name} does not match the params: a mask must be a pytree of bools with the "
-            f"same structure as the params (or a callable returning one).\n"
-            f"  {name}: {jax.tree.structure(tree)}\n"
-            f"  params: {jax.tree.structure(params)}"
-        )
-    return tree
-
-
-def check_mask(name: str, frozen: Any) -> None:
-    """Raises ``ValueError`` unless a frozen mask holds bools (one per leaf, or a bool array per leaf)."""
-    if not isinstance(frozen, FrozenTree):
-        if frozen is not None and not callable(frozen):
-            raise ValueError(f"{name}={frozen!r} is invalid: it must be a pytree of bools, a callable or None.")
-        return
-    for leaf in frozen[1]:
-        if not (isinstance(leaf, (bool, np.bool_)) or (isinstance(leaf, FrozenArray) and leaf.array.dtype == bool)):
-            raise ValueError(
-                f"{name} has a leaf {leaf!r}: a mask holds a bool (or an array of bools) per parameter leaf."
-            )
-
-
-def freeze(tree: Any) -> Any:
-    """A hashable stand-in for a pytree of Python values and arrays (masks), or callables as they are."""
-    if tree is None or callable(tree):
-        return tree
-    leaves, treedef = jax.tree.flatten(tree)
-    frozen = (as_python_scalar(leaf) for leaf in leaves)
-    return FrozenTree(treedef, tuple(FrozenArray(x) if isinstance(x, (np.ndarray, jax.Array)) else x for x in frozen))
-
-
-class FrozenArray:
-    """A concrete array that compares and hashes by value (``==`` on arrays is elementwise)."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: Any):
-        self.array = np.array(array)
-        self.array.flags.writeable = False
-
-    def __eq__(self, other: Any) -> bool:
-        if not isinstance(other, FrozenArray):
-            return NotImplemented
-        a, b = self.array, other.array
-        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
-
-    def __hash__(self) -> int:
-        return hash((self.array.shape, self.array.dtype.str, self.array.tobytes()))
-
-    def __repr__(self) -> str:
-        return repr(self.array)
-
-
-class FrozenTree(tuple):
-    """``(treedef, leaves)``: a pytree of plain values that can live in a frozen dataclass."""
-
-    def __new__(cls, treedef, leaves):
-        return super().__new__(cls, (treedef, leaves))
-
-    def thaw(self) -> Any:
-        return jax.tree.unflatten(self[0], [x.array if isinstance(x, FrozenArray) else x for x in self[1]])
-
-
-def thaw(frozen: Any) -> Callable | Any:
-    return frozen.thaw() if isinstance(frozen, FrozenTree) else frozen
 
 
 # -- porting aids -----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def complements(**rates: float | None) -> dict[str, float]:
     return {COMPLEMENT + name: 1.0 - rate for name, rate in rates.items() if rate is not None}
 
 
-def _public(name: str) -> str:
+def public_name(name: str) -> str:
     return name.removeprefix(COMPLEMENT)
 
 
@@ -69,7 +69,7 @@ def _nnx_variable_type():
     return None if nnx is None else nnx.Variable
 
 
-def _unwrap(value: Any) -> Any:
+def unwrap(value: Any) -> Any:
     """The array inside an ``nnx.Variable`` (nnx optimizer states wrap every leaf)."""
     variable = _nnx_variable_type()
     return value.get_value() if variable is not None and isinstance(value, variable) else value
@@ -102,7 +102,7 @@ def _map_stage_states(fn, tree: Any, labels: tuple = ()) -> Any:
     return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=_is_stage_state)
 
 
-def _stage_states(state: Any, group: Any = None) -> list[tuple[tuple, Any]]:
+def stage_states(state: Any, group: Any = None) -> list[tuple[tuple, Any]]:
     """``(group labels, stage state)`` for the stage states of ``state`` (of one group if given)."""
     found = []
     _map_stage_states(lambda labels, node: found.append((labels, node)) or node, state)
@@ -122,13 +122,13 @@ def groups(state: Any) -> list:
     >>> adamfx.groups(tx.init({"w": jnp.ones(2), "b": jnp.ones(2)}))
     ['body', 'head']
     """
-    labels = {label for found, _ in _stage_states(state) for label in found}
+    labels = {label for found, _ in stage_states(state) for label in found}
     return sorted(labels, key=repr)
 
 
 def _own_values(stage_state: Any) -> dict[str, Any]:
     values = {
-        _public(name): 1 - _unwrap(value) if name.startswith(COMPLEMENT) else value
+        public_name(name): 1 - unwrap(value) if name.startswith(COMPLEMENT) else value
         for name, value in stage_state.hyperparams.items()
     }
     for name in _REPORTED_FIELDS & set(stage_state._fields):
@@ -161,11 +161,11 @@ def hyperparams(state: Any, group: Any = None) -> dict[str, jax.Array]:
     values: dict[str, jax.Array] = {}
     owner: dict[str, tuple] = {}
     per_group = set()
-    for labels, stage_state in _stage_states(state, group):
+    for labels, stage_state in stage_states(state, group):
         for name, value in _own_values(stage_state).items():
             if name not in values:
-                values[name], owner[name] = _unwrap(value), labels
-            elif group is None and owner[name] != labels and not _same_value(values[name], _unwrap(value)):
+                values[name], owner[name] = unwrap(value), labels
+            elif group is None and owner[name] != labels and not _same_value(values[name], unwrap(value)):
                 per_group.add(name)
     if per_group:
         raise ValueError(
@@ -175,14 +175,9 @@ def hyperparams(state: Any, group: Any = None) -> dict[str, jax.Array]:
     return values
 
 
-def settable_hyperparams(state: Any, group: Any = None) -> set[str]:
-    """Names that :func:`set_hyperparams` accepts for this state (and group)."""
-    return {_public(name) for _, s in _stage_states(state, group) for name in s.hyperparams}
-
-
 def _check_names(state: Any, group: Any, names: set[str]) -> None:
-    chosen = _stage_states(state, group)
-    valid = {_public(name) for _, s in chosen for name in s.hyperparams}
+    chosen = stage_states(state, group)
+    valid = {public_name(name) for _, s in chosen for name in s.hyperparams}
     unknown = sorted(names - valid)
     if not unknown:
         return
@@ -231,7 +226,7 @@ def set_hyperparams(state: Any, group: Any = None, **values: Any) -> Any:
         for name, value in values.items():
             stored, value = (COMPLEMENT + name, 1 - value) if COMPLEMENT + name in new else (name, value)
             if stored in new:
-                old = _unwrap(new[stored])
+                old = unwrap(new[stored])
                 new[stored] = _rewrap(new[stored], jnp.broadcast_to(jnp.asarray(value, dtype=old.dtype), old.shape))
         return node._replace(hyperparams=new)
 

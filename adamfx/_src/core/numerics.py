@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -36,7 +39,7 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return (x * jnp.conj(x)).real if jnp.iscomplexobj(x) else x * x
 
 
-def scalar_like(value: jax.Array, x: jax.Array) -> jax.Array:
+def scalar_like(value: jax.typing.ArrayLike, x: jax.Array) -> jax.Array:
     """A hyperparameter array cast to the real dtype of ``x`` (never promotes ``x``)."""
     return jnp.asarray(value).astype(real_dtype(x.dtype))
 
@@ -51,6 +54,11 @@ def safe_divide(m: jax.Array, denominator: jax.Array) -> jax.Array:
     ``v = 0`` still needs ``eps_root > 0``).
     """
     return m / jnp.where((m == 0) & (denominator == 0), jnp.ones_like(denominator), denominator)
+
+
+def increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum (``optax.safe_increment``, typed as the array it returns)."""
+    return cast(jax.Array, optax.safe_increment(count))
 
 
 def placeholder() -> jax.Array:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from adamfx._src.core.base import _Method
+from adamfx._src.core.base import BoundMethod
 
 
 def leaf_key(path) -> str:
@@ -104,13 +104,6 @@ class Layout:
     def groups(self) -> tuple[str, ...]:
         """The group keys, sorted."""
         return tuple(key for key, _ in self.labels)
-
-    def sizes(self) -> dict[str, int]:
-        """Number of elements in each group's flat buffer."""
-        sizes = dict.fromkeys(self.groups, 0)
-        for key, shape in zip(self.keys, self.shapes, strict=True):
-            sizes[key] += math.prod(shape)
-        return sizes
 
     def _wraps(self, treedef) -> bool:
         """Whether this layout's structure is ``treedef`` with some leaves wrapped in one-leaf
@@ -192,4 +185,4 @@ def flat_params(params: Any) -> tuple[dict[str, jax.Array], Any]:
     (2, 2)
     """
     layout = Layout.of(params)
-    return layout.flatten(params, "params"), _Method(layout, "unflatten")
+    return layout.flatten(params, "params"), BoundMethod(layout, "unflatten")

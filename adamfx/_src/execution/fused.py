@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import numpy as np
 
-from adamfx._src.core import checks
-from adamfx._src.core.base import Chain, GradientTransformation, Stage, stage_of
+from adamfx._src.core import checks, frozen
+from adamfx._src.core.base import Chain, GradientTransformation, Stage, require_stage, stage_of
 from adamfx._src.execution.flat import Layout
 
 # Leaves this large (in elements) keep a buffer of their own; smaller ones are packed.
@@ -87,7 +87,7 @@ def _stages(tx: GradientTransformation) -> list[Stage]:
 def _with_group_masks(stage: Stage, layout: Layout, counter) -> Stage:
     """``stage`` with its i-th masked leaf stage's mask replaced by ``{group key: label i}``."""
     if isinstance(stage, Chain):
-        members = tuple(_with_group_masks(stage_of(t), layout, counter).transform() for t in stage.transforms)
+        members = tuple(_with_group_masks(require_stage(t), layout, counter).transform() for t in stage.transforms)
         return Chain(members)
     if _parts(stage):
         parts = {name: _with_group_masks(part, layout, counter) for name, part in _parts(stage).items()}
@@ -95,15 +95,16 @@ def _with_group_masks(stage: Stage, layout: Layout, counter) -> Stage:
     if not _is_masked(stage):
         return stage
     index = next(counter)
-    return dataclasses.replace(stage, mask=checks.freeze({key: labels[index] for key, labels in layout.labels}))
+    return dataclasses.replace(stage, mask=frozen.freeze({key: labels[index] for key, labels in layout.labels}))
 
 
 def _mask_labels(stages: list[Stage], params: Any) -> tuple[Any, ...]:
     trees = []
     for stage in stages:
-        if not _is_masked(stage):
+        mask = getattr(stage, "mask", None) if _is_masked(stage) else None
+        if mask is None:
             continue
-        tree = checks.resolve_mask(checks.thaw(stage.mask), params, "mask")
+        tree = frozen.resolve_mask(frozen.thaw(mask), params, "mask")
         for value in jax.tree.leaves(tree):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(
@@ -122,7 +123,7 @@ class Fused(Stage):
     def _grouped(self, layout: Layout) -> GradientTransformation:
         if not any(_is_masked(stage) for stage in _stages(self.inner)):
             return self.inner
-        return _with_group_masks(stage_of(self.inner), layout, itertools.count()).transform()
+        return _with_group_masks(require_stage(self.inner), layout, itertools.count()).transform()
 
     def layout(self, tree: Any) -> Layout:
         """How the leaves of ``tree`` (the params, or gradients shaped like them) map to flat buffers."""
@@ -145,7 +146,7 @@ class Fused(Stage):
                 f"fused(tx): tx must emit parameter-shaped updates, it emitted {type(flat_updates).__name__}; "
                 "wrap a whole optimizer (its chain must end with a stage such as normalize or lr_decay)."
             )
-        return layout.unflatten(flat_updates, jax.tree.structure(updates)), FusedState(inner)
+        return layout.unflatten(cast(dict, flat_updates), jax.tree.structure(updates)), FusedState(inner)
 
 
 def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) -> GradientTransformation:

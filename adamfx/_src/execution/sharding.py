@@ -161,7 +161,7 @@ def state_shardings(tx, params: Any, *, zero_axis: str | None = None) -> Any:
             return FusedState(inner)
         return leaf_sharding(path, node)
 
-    is_fused = lambda node: isinstance(node, FusedState)  # noqa: E731
+    is_fused = lambda node: isinstance(node, FusedState)
     return jax.tree_util.tree_map_with_path(node_sharding, shapes, is_leaf=is_fused)
 
 

@@ -12,11 +12,10 @@ from adamfx._src.optimizers import conventions
 from adamfx._src.stages.clipping import gradient_stages, negate
 from adamfx._src.stages.decay_first import decay_first
 from adamfx._src.stages.factored_rms import scale_by_factored_rms
-from adamfx._src.stages.lr_and_decay import add_decayed_weights
-from adamfx._src.stages.momentum import decoupled_weight_decay
 from adamfx._src.stages.relative_step import relative_step_size
 from adamfx._src.stages.update_average import ema_of_updates
 from adamfx._src.stages.update_clipping import clip_by_block_rms
+from adamfx._src.stages.weight_decay import add_decayed_weights, decoupled_weight_decay
 
 
 class AdafactorConvention(NamedTuple):

@@ -138,7 +138,7 @@ def adam(
     Array([0.999, 0.999, 0.999], dtype=float32)
     """
     conv = conventions.lookup(ADAM_CONVENTIONS, convention)
-    conventions.require("adam", b1=b1, b2=b2)
+    conventions.require("adam", learning_rate=learning_rate, b1=b1, b2=b2)  # None is no default here
     if nesterov and not (bias_correction_mu and bias_correction_nu):
         raise ValueError(
             f"adam(nesterov=True, bias_correction_mu={bias_correction_mu!r}, bias_correction_nu="

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.stages.clipping import gradient_stages
-from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
-from adamfx._src.stages.momentum import decoupled_weight_decay
+from adamfx._src.stages.learning_rate import lr_decay
+from adamfx._src.stages.weight_decay import add_decayed_weights, decoupled_weight_decay
 
 Factory = TypeVar("Factory", bound=Callable[..., GradientTransformation])
+T = TypeVar("T")
 
 #: The keyword-only arguments every optimizer passes on to :func:`finish`: (name, default, annotation).
 PEER_OPTIONS: tuple[tuple[str, Any, str], ...] = (
@@ -74,7 +75,7 @@ def lookup(table: Mapping[str, Any], convention: str) -> Any:
     return table[convention]
 
 
-def pick(value: Any, default: Any) -> Any:
+def pick(value: T | None, default: T) -> T:
     """``value`` unless it is ``None`` (the argument was not given), else the convention's ``default``."""
     return default if value is None else value
 
@@ -108,8 +109,8 @@ def warn_if_rho(factory: str, decay: Any) -> None:
             f"{factory}(decay={decay!r}) is the legacy learning-rate decay lr / (1 + decay t), as in Keras; "
             f"optax's rmsprop/adadelta decay is the moving-average rate, which adamfx calls rho: "
             f"did you mean rho={decay!r}?",
-            UserWarning,
-            stacklevel=4,
+            checks.AdamfxWarning,
+            stacklevel=5,  # warn_if_rho <- the factory <- peer_options <- porting_aids <- the caller
         )
 
 
@@ -157,6 +158,7 @@ def finish(
         global_clipnorm=global_clipnorm,
     )
     decoupled = convention.weight_decay == "decoupled" if decoupled is None else bool(decoupled)
+    weight_decay = 0.0 if weight_decay is None else weight_decay
     decayed = [] if checks.is_static_zero(weight_decay) else [add_decayed_weights(weight_decay, weight_decay_mask)]
     if lr_inside and momentum:
         bypassed = decayed and decoupled

@@ -9,10 +9,9 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.stages.lr_and_decay import add_decayed_weights
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
-from adamfx._src.stages.momentum import decoupled_weight_decay
 from adamfx._src.stages.trust_ratio import trust_ratio
+from adamfx._src.stages.weight_decay import add_decayed_weights, decoupled_weight_decay
 
 
 class LambConvention(NamedTuple):

@@ -10,15 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adamfx._src.core import checks
+from adamfx._src.core import checks, frozen
 from adamfx._src.core.base import GradientTransformation, Stage, chain, stage_of
 from adamfx._src.optimizers import conventions
 from adamfx._src.optimizers.adam import adam, adamw
 from adamfx._src.stages.clipping import gradient_stages
 from adamfx._src.stages.corrections import nesterov_momentum
 from adamfx._src.stages.moments import bias_correction, scale_by_moments
-from adamfx._src.stages.momentum import decoupled_weight_decay, trace
+from adamfx._src.stages.momentum import trace
 from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
+from adamfx._src.stages.weight_decay import decoupled_weight_decay
 
 
 class MuonConvention(NamedTuple):
@@ -73,10 +74,10 @@ class MuonSplit(Stage):
 
     def labels(self, params: Any) -> Any:
         """``"muon"`` or ``"adam"`` per leaf; a matrix group leaf with fewer than 2 axes is an error naming it."""
-        mask = checks.thaw(self.muon_mask)
+        mask = frozen.thaw(self.muon_mask)
         if mask is None:
             return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "adam", params)
-        tree = checks.resolve_mask(mask, params, "muon_mask")
+        tree = frozen.resolve_mask(mask, params, "muon_mask")
 
         def label(path, chosen, p):
             if not isinstance(chosen, (bool, np.bool_)):
@@ -251,7 +252,7 @@ def muon(
         checks.check_hyperparameter(name, value)
     if consistent_rms is not False:
         checks.check_hyperparameter("consistent_rms", consistent_rms)
-    checks.check_mask("muon_mask", checks.freeze(muon_mask))
+    frozen.check_mask("muon_mask", frozen.freeze(muon_mask))
     eps_value: float = conventions.pick(eps, conv.eps)
     learning_rate = conventions.pick(learning_rate, conv.learning_rate)
     rms = None if consistent_rms is False else conventions.pick(consistent_rms, conv.consistent_rms)
@@ -285,5 +286,5 @@ def muon(
         nu_dtype=nu_dtype,
     )
     gradient = gradient_stages(**options)  # on the whole tree, first (Keras: global_clipnorm over every variable)
-    split = MuonSplit(_stage(matrices), _stage(others), checks.freeze(muon_mask)).transform()
+    split = MuonSplit(_stage(matrices), _stage(others), frozen.freeze(muon_mask)).transform()
     return chain(*gradient, split) if gradient else split

@@ -10,9 +10,9 @@ from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.optimizers import conventions
 from adamfx._src.stages.clipping import gradient_stages
-from adamfx._src.stages.lr_and_decay import add_decayed_weights
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
 from adamfx._src.stages.schedule_free import decay_before_step, schedule_free
+from adamfx._src.stages.weight_decay import add_decayed_weights
 
 
 class ScheduleFreeConvention(NamedTuple):

@@ -39,12 +39,29 @@ class _Stateless(Stage):
 
 
 @dataclasses.dataclass(frozen=True)
+class _Threshold(_Stateless):
+    """A stateless stage whose one hyperparameter (a threshold or factor) must be > 0."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, value in self.hyperparameters().items():
+            _check_positive(name, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NormClip(_Threshold):
+    @property
+    def elementwise(self) -> bool:  # a norm over a whole leaf, or over all leaves
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
 class Negate(_Stateless):
     def update(self, updates, state, params=None, **extra_args):
         return jax.tree.map(jnp.negative, updates), state
 
 
-def negate():
+def negate() -> GradientTransformation:
     """``g <- -g``: ascend instead of descend (PyTorch's ``maximize=True``).
 
     First in a chain, so a coupled weight decay after it still pulls the
@@ -54,45 +71,42 @@ def negate():
 
 
 @dataclasses.dataclass(frozen=True)
-class UnscaleLoss(_Stateless):
+class UnscaleLoss(_Threshold):
     loss_scale_factor: Any
 
     def update(self, updates, state, params=None, **extra_args):
         return jax.tree.map(lambda g: g / jnp.asarray(self.loss_scale_factor, g.dtype), updates), state
 
 
-def unscale_loss(loss_scale_factor: float):
+def unscale_loss(loss_scale_factor: float) -> GradientTransformation:
     """``g <- g / loss_scale_factor``: undo a scaled loss (Keras's ``loss_scale_factor``).
 
     Keras multiplies the loss by the factor (``optimizer.scale_loss``) and divides
     the gradients by it before anything else. Elementwise, no state.
     """
-    _check_positive("loss_scale_factor", loss_scale_factor)
     return UnscaleLoss(loss_scale_factor).transform()
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipByValue(_Stateless):
+class ClipByValue(_Threshold):
     clipvalue: Any
 
     def update(self, updates, state, params=None, **extra_args):
         return optax.clip(self.clipvalue).update(updates, state)
 
 
-def clip_by_value(clipvalue: float):
+def clip_by_value(clipvalue: float) -> GradientTransformation:
     """``g <- clip(g, -clipvalue, clipvalue)`` elementwise (Keras's ``clipvalue``; ``optax.clip``).
 
     The same maths as ``optax.clip``, as an adamfx stage (so :func:`adamfx.fused`
     accepts it). No state.
     """
-    _check_positive("clipvalue", clipvalue)
     return ClipByValue(clipvalue).transform()
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipByNormPerLeaf(_Stateless):
+class ClipByNormPerLeaf(_NormClip):
     clipnorm: Any
-    elementwise = False  # each leaf's own norm
 
     def update(self, updates, state, params=None, **extra_args):
         def leaf(g):
@@ -104,7 +118,7 @@ class ClipByNormPerLeaf(_Stateless):
         return jax.tree.map(leaf, updates), state
 
 
-def clip_by_norm_per_leaf(clipnorm: float):
+def clip_by_norm_per_leaf(clipnorm: float) -> GradientTransformation:
     """Keras's ``clipnorm``: each leaf ``g <- g clipnorm / max(||g||_2, clipnorm)`` on its own.
 
     Keras's ``BaseOptimizer._clip_by_norm``, formula and rounding included. Not
@@ -113,27 +127,24 @@ def clip_by_norm_per_leaf(clipnorm: float):
     :func:`adamfx.fused` refuses it: chain it in front of the fused optimizer instead.
     No state.
     """
-    _check_positive("clipnorm", clipnorm)
     return ClipByNormPerLeaf(clipnorm).transform()
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipByGlobalNorm(_Stateless):
+class ClipByGlobalNorm(_NormClip):
     global_clipnorm: Any
-    elementwise = False  # one norm over all leaves
 
     def update(self, updates, state, params=None, **extra_args):
         return optax.clip_by_global_norm(self.global_clipnorm).update(updates, state)
 
 
-def clip_by_global_norm(global_clipnorm: float):
+def clip_by_global_norm(global_clipnorm: float) -> GradientTransformation:
     """Keras's ``global_clipnorm``: all leaves scaled by ``min(1, global_clipnorm / ||g||_2)``, one global norm.
 
     ``optax.clip_by_global_norm``'s maths as an adamfx stage. Not elementwise:
     :func:`adamfx.fused` refuses it (chain ``optax.clip_by_global_norm`` in
     front of the fused optimizer instead). No state.
     """
-    _check_positive("global_clipnorm", global_clipnorm)
     return ClipByGlobalNorm(global_clipnorm).transform()
 
 

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage
+from adamfx._src.core.base import GradientTransformation, Stage
 from adamfx._src.core.numerics import compute_dtype, scalar_like
 from adamfx._src.stages.eps import EpsPlacement
-from adamfx._src.stages.moments import BiasCorrection, Normalize, NormalizeState, one_minus_power
-from adamfx._src.stages.moments import _require_moments as require_moments
+from adamfx._src.stages.moments import Normalize, NormalizeState, bias_corrected, one_minus_power, require_moments
 
 
 class NesterovState(NamedTuple):
@@ -44,7 +43,7 @@ class NesterovMomentum(Stage):
             grad_weight = one_minus_b1 / one_minus_power(one_minus_b1, t)
             return grad_weight, (1 - one_minus_b1) / one_minus_power(one_minus_b1, t + 1), mu_product
         b1 = 1 - one_minus_b1
-        warmup = lambda step: 0.5 * 0.96 ** (step * hyperparams["momentum_decay"])  # noqa: E731
+        warmup = lambda step: 0.5 * 0.96 ** (step * hyperparams["momentum_decay"])
         step = t.astype(b1.dtype)
         mu_now, mu_next = b1 * (1 - warmup(step)), b1 * (1 - warmup(step + 1))
         product = mu_product * mu_now
@@ -64,11 +63,10 @@ class NesterovMomentum(Stage):
             return scalar_like(moment_weight, m) * m + scalar_like(grad_weight, g) * g
 
         mu = jax.tree.map(leaf, moments.mu, moments.grad)
-        corrected, _ = BiasCorrection().update(moments._replace(mu=None), None)
-        return corrected._replace(mu=mu), NesterovState(product, state.hyperparams)
+        return bias_corrected(moments, mu=False)._replace(mu=mu), NesterovState(product, state.hyperparams)
 
 
-def nesterov_momentum(momentum_decay: float | None = 4e-3):
+def nesterov_momentum(momentum_decay: float | None = 4e-3) -> GradientTransformation:
     """Nadam's look-ahead first moment, with Dozat's momentum schedule.
 
     With ``mu_t = b1 (1 - 0.5 * 0.96^(t momentum_decay))`` and ``P_t = prod_{i<=t} mu_i``::
@@ -153,7 +151,7 @@ def rectify(
     threshold: float = 5.0,
     inclusive: bool = True,
     degenerate_to_sgd: bool = True,
-):
+) -> GradientTransformation:
     """RAdam's rectified step (Liu et al., 2020, Alg. 2).
 
     With ``rho_inf = 2 / (1 - b2) - 1`` and ``rho_t = rho_inf - 2 t b2^t / (1 - b2^t)``

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from adamfx._src.core.base import GradientTransformation, Stage, stage_of
-from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
-from adamfx._src.stages.momentum import DecoupledWeightDecay
+from adamfx._src.stages.learning_rate import lr_decay
+from adamfx._src.stages.weight_decay import DecoupledWeightDecay, add_decayed_weights
 
 
 @dataclasses.dataclass(frozen=True)

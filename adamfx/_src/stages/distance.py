@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adamfx._src.core import checks
+from adamfx._src.core import checks, frozen
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
 from adamfx._src.core.numerics import compute_dtype, moment_dtype, safe_divide, scalar_like
@@ -79,7 +79,7 @@ class DistanceEstimate(Stage):
 
     def __post_init__(self):
         super().__post_init__()
-        checks.check_mask("weight_decay_mask", self.mask)
+        frozen.check_mask("weight_decay_mask", self.mask)
 
     @property
     def elementwise(self) -> bool:
@@ -168,7 +168,7 @@ class DistanceEstimate(Stage):
         return updates, new
 
     def _mask(self, params):
-        mask = checks.resolve_mask(checks.thaw(self.mask), params, "weight_decay_mask")
+        mask = frozen.resolve_mask(frozen.thaw(self.mask), params, "weight_decay_mask")
         return jax.tree.map(lambda m: m if isinstance(m, (bool, np.bool_)) else jnp.asarray(m), mask)
 
 
@@ -221,7 +221,7 @@ def distance_estimate(
         learning_rate,
         decay,
         weight_decay,
-        checks.freeze(mask),
+        frozen.freeze(mask),
         bool(safeguard_warmup),
         bool(bias_correction),
         mu_storage,

@@ -19,15 +19,21 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, identity_state
-from adamfx._src.core.numerics import abs_sq, compute_dtype, real_dtype, real_moment_dtype, safe_divide, scalar_like
+from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.numerics import (
+    abs_sq,
+    compute_dtype,
+    increment,
+    real_dtype,
+    real_moment_dtype,
+    safe_divide,
+    scalar_like,
+)
 from adamfx._src.stages.eps import check_placement
-from adamfx._src.stages.moments import Moments
-from adamfx._src.stages.moments import _require_moments as require_moments
+from adamfx._src.stages.moments import Moments, require_moments
 from adamfx._src.storage.protocol import (
     Storage,
     check_keeps_elements,
@@ -41,6 +47,8 @@ from adamfx._src.storage.protocol import (
 
 class _StoredMoment:
     """Mixin for a stage that keeps one moment in ``self.storage``: as elementwise as its storage."""
+
+    storage: Storage  # a field of each dataclass that mixes this in
 
     @property
     def elementwise(self) -> bool:
@@ -71,7 +79,7 @@ class AccumulateSquares(_StoredMoment, Stage):
 
     def update(self, grads, state, params=None, **extra_args):
         grads = self._conform(grads, state.nu, "gradients")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
 
         def leaf(record, key, g):  # v_t = v_{t-1} + |g_t|^2
             wide = g.astype(compute_dtype(g.dtype))
@@ -84,7 +92,7 @@ class AccumulateSquares(_StoredMoment, Stage):
         return Moments(grads, None, nu, count, one, one, one), SumState(count, kept, state.hyperparams)
 
 
-def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None):
+def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None) -> GradientTransformation:
     """Adagrad's running sum ``v_t = v_{t-1} + |g_t|^2``, ``v_0 = initial_accumulator_value``.
 
     Emits a :class:`Moments` with ``nu = v_t`` and no first moment, for
@@ -110,7 +118,7 @@ class Center(Stage):
         return moments._replace(mu=None, nu=nu), state
 
 
-def center():
+def center() -> GradientTransformation:
     """Centered second moment: ``v <- v - |m|^2``, the variance of the gradient; drops ``m``.
 
     :func:`normalize` then divides the gradient itself by the root of the
@@ -163,7 +171,7 @@ class InfinityNorm(_StoredMoment, Stage):
 
 def infinity_norm(
     b2: float = 0.999, eps: float = 1e-8, *, eps_placement: Literal["inside", "outside"] = "inside", nu_dtype=None
-):
+) -> GradientTransformation:
     """Adamax's denominator: ``u_t = max(b2 u_{t-1}, |g_t|)``, emits ``m / u_t``.
 
     ``eps_placement`` places eps (the vocabulary of :mod:`adamfx._src.stages.eps`):
@@ -202,7 +210,7 @@ class UpdateRms(_StoredMoment, Stage):
     def update(self, updates, state, params=None, **extra_args):
         updates = self._conform(updates, state.delta_sq, "updates")
         one_minus_rho, eps = state.hyperparams[hp.COMPLEMENT + "rho"], state.hyperparams["eps"]
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
 
         def leaf(record, key, u):
             x = u.astype(compute_dtype(u.dtype))
@@ -219,7 +227,7 @@ class UpdateRms(_StoredMoment, Stage):
         return updates, UpdateRmsState(count, kept, state.hyperparams)
 
 
-def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None):
+def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None) -> GradientTransformation:
     """Adadelta's step: ``d_t = sqrt(w_{t-1} + eps) u_t``, ``w_t = rho w_{t-1} + (1 - rho) |d_t|^2``.
 
     Placed after :func:`normalize` with ``eps_placement="inside"`` (which emits

@@ -17,13 +17,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stage, identity_state
 from adamfx._src.core.numerics import (
     compute_dtype,
+    increment,
     moment_dtype,
     real_dtype,
     real_moment_dtype,
@@ -40,6 +40,7 @@ from adamfx._src.storage.protocol import (
     map_stored,
     parameter_shaped,
     resolve_storage,
+    seed_of,
     step_key,
     stream_of,
 )
@@ -76,7 +77,7 @@ class MomentsState(NamedTuple):
     hyperparams: dict
 
 
-def _require_moments(value: Any, stage: str) -> Moments:
+def require_moments(value: Any, stage: str) -> Moments:
     if not isinstance(value, Moments):
         raise TypeError(
             f"{stage} expects the Moments emitted by scale_by_moments, got {type(value).__name__}; "
@@ -94,6 +95,17 @@ class ScaleByMoments(Stage):
     names: tuple[str, str] = ("b1", "b2")
     initial_nu: float = 0.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        b1, b2, names = self.b1, self.b2, tuple(self.names)
+        object.__setattr__(self, "names", names)  # a list would make the stage unhashable
+        if b1 is None and b2 is None:
+            raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
+        shared = b1 is not None and b2 is not None and names[0] == names[1] and b1 is not b2
+        if shared and checks.is_concrete(b1) and checks.is_concrete(b2) and b1 != b2:
+            raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
+        checks.check_range("initial_nu", self.initial_nu, 0.0)
+
     def hyperparameters(self):
         rates = zip(self.names, (self.b1, self.b2), strict=True)
         return {name: rate for name, rate in rates if rate is not None}
@@ -106,7 +118,7 @@ class ScaleByMoments(Stage):
         """One random word for both moments when both round stochastically with one seed: the
         element hash is then computed once per element (each moment salts it with its own value)."""
         mu, nu = self.mu_storage, self.nu_storage
-        if mu is None or nu is None or not (mu.needs_key and nu.needs_key) or mu.seed != nu.seed:
+        if mu is None or nu is None or not (mu.needs_key and nu.needs_key) or seed_of(mu) != seed_of(nu):
             return None
         return step_key(mu, count, stream_of(self, "moments"))
 
@@ -124,9 +136,9 @@ class ScaleByMoments(Stage):
 
     def update(self, grads, state, params=None, **extra_args):
         for storage, stored in ((self.mu_storage, state.mu), (self.nu_storage, state.nu)):
-            if stored is not None:
+            if storage is not None and stored is not None:
                 grads = checks.conform(grads, storage, parameter_shaped(storage, stored), "gradients")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         c1 = None if self.b1 is None else state.hyperparams[hp.COMPLEMENT + self.names[0]]
         c2 = None if self.b2 is None else state.hyperparams[hp.COMPLEMENT + self.names[1]]
 
@@ -162,7 +174,7 @@ def scale_by_moments(
     nu_dtype=None,
     names: tuple[str, str] = ("b1", "b2"),
     initial_nu: float = 0.0,
-):
+) -> GradientTransformation:
     """Exponential moving averages of ``g`` and ``|g|^2`` (complex-safe).
 
     ``m_t = b1 m_{t-1} + (1-b1) g_t`` and ``v_t = b2 v_{t-1} + (1-b2) |g_t|^2``,
@@ -177,15 +189,9 @@ def scale_by_moments(
     hyperparameter. ``initial_nu`` is ``v_0`` (optax ``rmsprop``'s ``initial_scale``; ``m_0`` is 0).
     Used by :func:`adamfx.adam` and its relatives.
     """
-    if b1 is None and b2 is None:
-        raise ValueError("scale_by_moments(b1=None, b2=None) keeps no moment: give b1, b2 or both.")
-    shared = b1 is not None and b2 is not None and names[0] == names[1] and b1 is not b2
-    if shared and checks.is_concrete(b1) and checks.is_concrete(b2) and b1 != b2:
-        raise ValueError(f"scale_by_moments(b1={b1!r}, b2={b2!r}) shares one name {names[0]!r}: give equal rates.")
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
-    checks.check_range("initial_nu", initial_nu, 0.0)
-    return ScaleByMoments(b1, b2, mu_storage, nu_storage, tuple(names), initial_nu).transform()
+    return ScaleByMoments(b1, b2, mu_storage, nu_storage, names, initial_nu).transform()
 
 
 def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
@@ -202,21 +208,33 @@ class BiasCorrection(Stage):
         return identity_state()
 
     def update(self, moments, state, params=None, **extra_args):
-        moments = _require_moments(moments, "bias_correction")
-        t = moments.count
-        bc1 = one_minus_power(moments.one_minus_b1, t)
-        bc2 = one_minus_power(moments.one_minus_b2, t)
+        moments = require_moments(moments, "bias_correction")
+        return bias_corrected(moments, mu=self.correct_mu, nu=self.correct_nu), state
+
+
+def bias_corrected(moments: Moments, *, mu: bool = True, nu: bool = True) -> Moments:
+    """``moments`` with ``mu`` divided by ``1 - b1^t`` and ``nu`` by ``1 - b2^t`` (each where asked and kept).
+
+    The maths of :func:`bias_correction`, also used by :func:`adamfx.nesterov_momentum` for ``nu``.
+    """
+    t = moments.count
+
+    def scale(tree, one_minus_b):
         # Multiply by the scalar 1/bc: one division per step, not per element, and the
         # same rounding in every fusion (XLA rewrites (m / bc1) / d as m / (bc1 d) in
         # some fusions and not in others, which moved results by a few ulp).
-        scale = lambda tree, bc: jax.tree.map(lambda x: x * scalar_like(1 / bc, x), tree)  # noqa: E731
-        mu = moments.mu if moments.mu is None or not self.correct_mu else scale(moments.mu, bc1)
-        if moments.nu is None or not self.correct_nu:
-            return moments._replace(mu=mu), state
-        return moments._replace(mu=mu, nu=scale(moments.nu, bc2), nu_correction=bc2), state
+        bc = one_minus_power(one_minus_b, t)
+        return jax.tree.map(lambda x: x * scalar_like(1 / bc, x), tree), bc
+
+    if mu and moments.mu is not None:
+        moments = moments._replace(mu=scale(moments.mu, moments.one_minus_b1)[0])
+    if nu and moments.nu is not None:
+        new_nu, bc2 = scale(moments.nu, moments.one_minus_b2)
+        moments = moments._replace(nu=new_nu, nu_correction=bc2)
+    return moments
 
 
-def bias_correction(*, mu: bool = True, nu: bool = True):
+def bias_correction(*, mu: bool = True, nu: bool = True) -> GradientTransformation:
     """Divides the moments by ``1 - b^t``: ``m^ = m / (1 - b1^t)``, ``v^ = v / (1 - b2^t)``.
 
     ``mu=False`` or ``nu=False`` leaves that moment uncorrected (optax's
@@ -247,7 +265,7 @@ class Normalize(Stage):
         return NormalizeState(hp.as_arrays(eps=self.eps, eps_root=self.eps_root))
 
     def update(self, moments, state, params=None, **extra_args):
-        moments = _require_moments(moments, "normalize")
+        moments = require_moments(moments, "normalize")
         eps_root = state.hyperparams["eps_root"]
         eps = eps_module.scalar_eps(self.eps_placement, state.hyperparams["eps"], moments.nu_correction)
         numerator = moments.mu if moments.mu is not None else moments.grad
@@ -260,7 +278,9 @@ class Normalize(Stage):
         return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
 
 
-def normalize(eps: float = 1e-8, *, eps_root: float = 0.0, eps_placement: EpsPlacement = "outside"):
+def normalize(
+    eps: float = 1e-8, *, eps_root: float = 0.0, eps_placement: EpsPlacement = "outside"
+) -> GradientTransformation:
     """Divides the first moment (or the gradient) by the root of the second: ``m / (sqrt(v + eps_root) + eps)``.
 
     ``eps_placement`` says where ``eps`` goes (:mod:`adamfx._src.stages.eps`):
@@ -297,7 +317,7 @@ class MaxNu(Stage):
         return MaxNuState(init_stored(self.storage, params, real_moment_dtype))
 
     def update(self, moments, state, params=None, **extra_args):
-        moments = _require_moments(moments, "max_nu")
+        moments = require_moments(moments, "max_nu")
 
         def leaf(record, key, v, g):  # v_max <- max(v_max, v)
             v_max = jnp.maximum(self.storage.decode(record, dtype=v.dtype), v)
@@ -308,7 +328,7 @@ class MaxNu(Stage):
         return moments._replace(nu=nu), MaxNuState(kept)
 
 
-def max_nu(*, nu_dtype=None):
+def max_nu(*, nu_dtype=None) -> GradientTransformation:
     """AMSGrad's running maximum (Reddi et al., 2018): ``v <- max(v_max, v)``.
 
     Placed before :func:`bias_correction` it maxes the raw ``v`` (PyTorch, Keras);

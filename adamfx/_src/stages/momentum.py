@@ -1,4 +1,4 @@
-"""Momentum buffers on parameter-shaped updates: ``trace`` and ``decoupled_weight_decay``.
+"""The momentum buffer on parameter-shaped updates: ``trace``.
 
 ``trace`` is the heavy-ball buffer of SGD and of RMSprop's momentum (Polyak,
 1964; Sutskever et al., 2013 for the Nesterov form). Where it sits in a chain
@@ -11,7 +11,7 @@ decides whether the learning rate lives inside the buffer:
   once it changes (a schedule or the legacy ``decay``).
 
 When the learning rate sits inside the buffer, a decoupled weight decay must
-not enter it: :func:`decoupled_weight_decay` adds ``-lr_t wd p`` on its own.
+not enter it: :func:`adamfx.decoupled_weight_decay` adds ``-lr_t wd p`` on its own.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, stage_of
-from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
-from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
+from adamfx._src.core.base import GradientTransformation, Stage
+from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
 from adamfx._src.storage.protocol import Storage, init_stored, map_stored, parameter_shaped, resolve_storage, stream_of
 
 
@@ -44,6 +42,16 @@ class Trace(Stage):
     nesterov: bool
     storage: Storage
 
+    def __post_init__(self):
+        super().__post_init__()
+        momentum, dampening = self.momentum, self.dampening
+        concrete = checks.is_concrete(momentum) and checks.is_concrete(dampening)  # traced: inject_hyperparams
+        if self.nesterov and concrete and (not momentum or dampening):
+            raise ValueError(
+                f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum!r}, "
+                f"dampening={dampening!r}."
+            )
+
     @property
     def elementwise(self) -> bool:
         return self.storage.elementwise
@@ -59,7 +67,7 @@ class Trace(Stage):
         updates = checks.conform(updates, self.storage, parameter_shaped(self.storage, state.trace), "updates")
         momentum, dampening = state.hyperparams["momentum"], state.hyperparams["dampening"]
         first = state.count == 0
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
 
         def leaf(record, key, u):
             x = u.astype(compute_dtype(u.dtype))
@@ -75,7 +83,9 @@ class Trace(Stage):
         return out, TraceState(count, kept, state.hyperparams)
 
 
-def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False, *, mu_dtype=None):
+def trace(
+    momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False, *, mu_dtype=None
+) -> GradientTransformation:
     """The momentum buffer: ``b_1 = u_1``, ``b_t = momentum b_{t-1} + (1 - dampening) u_t``.
 
     Emits ``b_t``, or ``u_t + momentum b_t`` with ``nesterov=True``. The first
@@ -85,43 +95,4 @@ def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False,
     parameter dtype), hyperparameters ``momentum``, ``dampening``. Used by
     :func:`adamfx.sgd` and :func:`adamfx.rmsprop`.
     """
-    concrete = checks.is_concrete(momentum) and checks.is_concrete(dampening)  # traced: inject_hyperparams
-    if nesterov and concrete and (not momentum or dampening):
-        raise ValueError(
-            f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum!r}, dampening={dampening!r}."
-        )
     return Trace(momentum, dampening, bool(nesterov), resolve_storage(mu_dtype, "mu_dtype")).transform()
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoupledWeightDecay(Stage):
-    decayed_weights: Stage  # add_decayed_weights: wd * p
-    rate: Stage  # lr_decay: times -lr_t
-
-    @property
-    def elementwise(self) -> bool:
-        return self.decayed_weights.elementwise
-
-    def init(self, params):
-        return (self.decayed_weights.init(params), self.rate.init(params))
-
-    def update(self, updates, state, params=None, **extra_args):
-        zeros = jax.tree.map(jnp.zeros_like, updates)
-        term, weights_state = self.decayed_weights.checked_update(zeros, state[0], params)
-        term, rate_state = self.rate.checked_update(term, state[1], params)
-        return jax.tree.map(jnp.add, updates, term), (weights_state, rate_state)
-
-
-def decoupled_weight_decay(weight_decay: float, learning_rate: Any = 1e-3, decay: float = 0.0, mask: Any = None):
-    """Adds ``-lr_t weight_decay p`` to the updates, with its own copy of the learning rate.
-
-    Keras applies ``p -= lr_t wd p`` before every optimizer step; in a chain whose
-    learning rate is already inside a momentum buffer (Keras ``SGD`` and
-    ``RMSprop``) that term must bypass the buffer, so this stage scales it by
-    the same ``lr_t`` (schedule and legacy ``decay``) itself. Its state holds
-    the states of :func:`add_decayed_weights` and :func:`lr_decay`, so
-    ``set_hyperparams(learning_rate=...)`` changes both copies together.
-    """
-    return DecoupledWeightDecay(
-        stage_of(add_decayed_weights(weight_decay, mask)), stage_of(lr_decay(learning_rate, decay))
-    ).transform()

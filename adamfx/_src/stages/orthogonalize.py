@@ -34,8 +34,7 @@ from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage, identity_state
 from adamfx._src.core.numerics import compute_dtype, scalar_like
 from adamfx._src.stages import eps as eps_vocabulary
-from adamfx._src.stages.moments import Moments
-from adamfx._src.stages.moments import _require_moments as require_moments
+from adamfx._src.stages.moments import Moments, require_moments
 
 PLACEMENTS = ("outside", "clamp")  # the eps vocabulary of adamfx._src.stages.eps, applied to ||X||_F
 

@@ -25,7 +25,7 @@ import optax
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.core.numerics import compute_dtype, scalar_like
-from adamfx._src.stages.lr_and_decay import LrDecay, LrDecayState
+from adamfx._src.stages.learning_rate import LrDecay, LrDecayState
 from adamfx._src.stages.update_clipping import rms
 
 

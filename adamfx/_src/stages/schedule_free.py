@@ -33,7 +33,8 @@ import optax
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, Stage, stage_of
 from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
-from adamfx._src.stages.lr_and_decay import add_decayed_weights, lr_decay
+from adamfx._src.stages.learning_rate import lr_decay
+from adamfx._src.stages.weight_decay import add_decayed_weights
 from adamfx._src.storage.protocol import FloatStorage, Storage, map_stored, resolve_storage, stored_form, stream_of
 
 

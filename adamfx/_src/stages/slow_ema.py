@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
 from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
-from adamfx._src.stages.moments import _require_moments as require_moments
+from adamfx._src.stages.moments import require_moments
 from adamfx._src.storage.protocol import (
     Storage,
     default_dtype_of,

@@ -77,9 +77,9 @@ def _factor_overflowed(value: jax.Array, row: jax.Array, col: jax.Array) -> tupl
     row_sum, col_sum = kept.sum(axis=-1), kept.sum(axis=-2)
     free_rows = (n_rows - flag_rows.sum(axis=-1, keepdims=True)).astype(value.dtype)
     free_cols = (n_cols - flag_cols.sum(axis=-1, keepdims=True)).astype(value.dtype)
-    on_flags = lambda sums, flags: jnp.where(flags, sums, 0).sum(axis=-1, keepdims=True)  # noqa: E731
+    on_flags = lambda sums, flags: jnp.where(flags, sums, 0).sum(axis=-1, keepdims=True)
     block_sum = row_sum.sum(axis=-1, keepdims=True) - on_flags(row_sum, flag_rows) - on_flags(col_sum, flag_cols)
-    safe = lambda x: jnp.maximum(x, jnp.finfo(value.dtype).tiny)  # noqa: E731
+    safe = lambda x: jnp.maximum(x, jnp.finfo(value.dtype).tiny)
     row_est, col_est = row_sum / safe(free_cols), col_sum / safe(free_rows)  # r~ and c~
     q = block_sum / safe(free_rows * free_cols)
     fill = jnp.where(q > 0, 1 / safe(q), 0)

@@ -201,7 +201,7 @@ def bounded_block_max(x: jax.Array, block_size: int) -> jax.Array:
     (an extra pass over ``x`` on CPU) runs only when some block needs it.
     """
     plain = block_max(x, block_size)
-    masked = lambda: block_max(jnp.where(_square_is_finite(x), x, 0), block_size)  # noqa: E731
+    masked = lambda: block_max(jnp.where(_square_is_finite(x), x, 0), block_size)
     return lax.cond(_square_is_finite(plain).all(), lambda: plain, masked)
 
 

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -230,6 +230,11 @@ def stream_of(stage: Any, field: str) -> str:
     return f"{type(stage).__name__}.{field}"
 
 
+def seed_of(storage: Storage) -> int:
+    """The int ``seed`` of a storage that rounds with a key (``needs_key``; its own dataclass field)."""
+    return cast(Any, storage).seed  # not every Storage has one, only those that need a key
+
+
 def step_key(storage: Storage, count: jax.Array, stream: str) -> StepKey | None:
     """The moment's random word for step ``count`` (``None`` if the storage needs none), as a :class:`StepKey`.
 
@@ -240,7 +245,7 @@ def step_key(storage: Storage, count: jax.Array, stream: str) -> StepKey | None:
     """
     if not storage.needs_key:
         return None
-    return StepKey(step_word(storage.seed, zlib.crc32(stream.encode()), count))
+    return StepKey(step_word(seed_of(storage), zlib.crc32(stream.encode()), count))
 
 
 # The state's layout. A storage whose ``encode`` returns one array per leaf keeps a

@@ -3,7 +3,7 @@
 Rounding a moment to the *nearest* value of a narrow format loses every change
 smaller than half a unit in the last place. With ``b2 = 0.999`` a second moment
 moves by 0.1% per step, but bfloat16 keeps 8 significant bits (half an ulp is
-0.2%–0.4%): a bfloat16 ``nu`` rounded to nearest stops following the gradients.
+0.2%-0.4%): a bfloat16 ``nu`` rounded to nearest stops following the gradients.
 Stochastic rounding (Forsythe, 1959; Gupta et al., 2015, "Deep Learning with
 Limited Numerical Precision") picks one of the two neighbours ``lo <= x <= hi``
 at random,

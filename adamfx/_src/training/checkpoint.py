@@ -157,12 +157,12 @@ def check_hyperparameter_values(state: Any) -> None:
     (:data:`adamfx._src.core.checks.HYPERPARAMETERS`): a checkpoint holding ``b1=2``
     or ``learning_rate=-1`` is refused, naming the stage state's path.
     """
-    for labels, stage_state in hp._stage_states(state):
+    for labels, stage_state in hp.stage_states(state):
         for stored_name, value in stage_state.hyperparams.items():
-            number = np.asarray(hp._unwrap(value), dtype=np.float64)
+            number = np.asarray(hp.unwrap(value), dtype=np.float64)
             if number.shape != ():
                 raise ValueError(f"the checkpoint's hyperparameter {stored_name} is not a scalar: shape {number.shape}")
-            name = hp._public(stored_name)
+            name = hp.public_name(stored_name)
             number = 1.0 - float(number) if stored_name != name else float(number)  # the complement 1 - b
             try:
                 checks.check_hyperparameter(name, number, optional=False)

@@ -16,7 +16,7 @@ implements it around any transform.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ import optax
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, GradientTransformationExtraArgs, Stage
-from adamfx._src.core.numerics import scalar_like
+from adamfx._src.core.numerics import increment, scalar_like
 
 
 class EmaState(NamedTuple):
@@ -45,7 +45,10 @@ class WithEma(Stage):
     inner: GradientTransformationExtraArgs
     ema_momentum: float
     ema_overwrite_frequency: int | None
-    elementwise: ClassVar[bool] = False
+
+    @property
+    def elementwise(self) -> bool:  # it runs an inner transform on the parameter tree
+        return False
 
     def init(self, params):
         return EmaState(
@@ -67,7 +70,7 @@ class WithEma(Stage):
             return (m * e + (1 - m) * p).astype(e.dtype)
 
         ema = jax.tree.map(average, state.ema, new_params)
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         if self.ema_overwrite_frequency is not None:
             overwrite = count % self.ema_overwrite_frequency == 0
 
@@ -78,7 +81,9 @@ class WithEma(Stage):
         return updates, EmaState(count, ema, inner_state, state.hyperparams)
 
 
-def with_ema(tx: GradientTransformation, ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None):
+def with_ema(
+    tx: GradientTransformation, ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None
+) -> GradientTransformation:
     """Keeps an exponential moving average of the params next to ``tx``, as Keras' ``use_ema``.
 
     After each step t (the params p_t just updated by ``tx``):

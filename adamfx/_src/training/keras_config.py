@@ -68,9 +68,9 @@ def _encode(value: Any, where: str) -> Any:
         return {"class": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
     if isinstance(value, (np.dtype, type)) and _is_dtype(value):
         return {"dtype": jnp.dtype(value).name}
-    if type(value) is frozenset:  # e.g. Stage.live: the names of injected hyperparameters
+    if isinstance(value, frozenset) and type(value) is frozenset:  # e.g. Stage.live: names of injected values
         return {"frozenset": [_encode(item, f"{where}{{}}") for item in sorted(value, key=repr)]}
-    if type(value) in (tuple, list):
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):  # not a NamedTuple
         items = [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
         return {"tuple": items} if isinstance(value, tuple) else {"list": items}
     raise NotSerializable(f"{where} is {_describe(value)}, which has no config form")

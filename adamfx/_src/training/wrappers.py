@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adamfx._src.core import checks
+from adamfx._src.core import checks, frozen
 from adamfx._src.core.base import GradientTransformation, Stage
 
 
@@ -35,15 +35,18 @@ class OptaxWrapper(Stage):
     """``factory(*args)`` (an optax wrapper) as a stage that compares by value.
 
     ``args`` holds hashable values (adamfx transforms, numbers,
-    module-level functions, :func:`adamfx._src.core.checks.freeze`-frozen pytrees).
+    module-level functions, :func:`adamfx._src.core.frozen.freeze`-frozen pytrees).
     """
 
     factory: Callable[..., GradientTransformation]
     args: tuple
-    elementwise: ClassVar[bool] = False
+
+    @property
+    def elementwise(self) -> bool:  # an optax transform may look at whole leaves
+        return False
 
     def _transform(self) -> optax.GradientTransformationExtraArgs:
-        return optax.with_extra_args_support(self.factory(*[checks.thaw(arg) for arg in self.args]))
+        return optax.with_extra_args_support(self.factory(*[frozen.thaw(arg) for arg in self.args]))
 
     def init(self, params):
         return self._transform().init(params)
@@ -81,7 +84,7 @@ def multi_steps(
     use_grad_mean: bool = True,
     should_skip_update_fn: Callable | None = None,
     accumulator_dtype: Any = None,
-):
+) -> GradientTransformation:
     """Gradient accumulation: ``optax.MultiSteps(tx, every_k_schedule)``, value-comparable.
 
     For k micro-steps the updates are zero and the gradients are accumulated;
@@ -109,7 +112,7 @@ def multi_steps(
     return OptaxWrapper(_multi_steps, args).transform()
 
 
-def apply_if_finite(tx: GradientTransformation, max_consecutive_errors: int | None = None):
+def apply_if_finite(tx: GradientTransformation, max_consecutive_errors: int | None = None) -> GradientTransformation:
     """Skips steps whose gradients hold a NaN or an infinity: ``optax.apply_if_finite``, value-comparable.
 
     On such a step the updates are zero and ``tx``'s state is kept as it was;
@@ -139,7 +142,7 @@ def _partition(transforms, param_labels):
     return optax.partition(dict(transforms), param_labels)
 
 
-def partition(transforms: Mapping[Any, GradientTransformation], param_labels: Any):
+def partition(transforms: Mapping[Any, GradientTransformation], param_labels: Any) -> GradientTransformation:
     """Parameter groups: a different transform per label, ``optax.partition``, value-comparable.
 
     ``param_labels`` is a pytree of labels shaped like the params (or a prefix
@@ -161,10 +164,10 @@ def partition(transforms: Mapping[Any, GradientTransformation], param_labels: An
     if not isinstance(transforms, Mapping) or not transforms:
         raise ValueError(f"transforms={transforms!r} is invalid: it must be a non-empty mapping label -> transform.")
     items = tuple(sorted(transforms.items(), key=lambda item: repr(item[0])))
-    return OptaxWrapper(_partition, (items, checks.freeze(param_labels))).transform()
+    return OptaxWrapper(_partition, (items, frozen.freeze(param_labels))).transform()
 
 
-def masked(tx: GradientTransformation, mask: Any):
+def masked(tx: GradientTransformation, mask: Any) -> GradientTransformation:
     """Applies ``tx`` only where ``mask`` is true (the rest passes through): ``optax.masked``, value-comparable.
 
     ``mask`` is a pytree of bools shaped like the params (or a prefix), or a
@@ -179,7 +182,7 @@ def masked(tx: GradientTransformation, mask: Any):
     >>> [round(float(u), 6) for u in updates["w"][0]], [float(u) for u in updates["bias"]]  # bias: passed through
     ([-0.001, 0.001], [0.5, -2.0])
     """
-    return OptaxWrapper(optax.masked, (tx, checks.freeze(mask))).transform()
+    return OptaxWrapper(optax.masked, (tx, frozen.freeze(mask))).transform()
 
 
 def exclude_bias_and_norm(params: Any) -> Any:

@@ -1,67 +1,21 @@
-"""Parameter-shaped stages: ``lr_decay`` and ``add_decayed_weights``."""
+"""Weight decay: ``add_decayed_weights`` (coupled L2 or decoupled, by its place in the chain) and
+``decoupled_weight_decay`` (a decoupled decay that bypasses a momentum buffer holding the learning rate)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from optax import ScalarOrSchedule
 
-from adamfx._src.core import checks
+from adamfx._src.core import frozen
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage
-from adamfx._src.core.numerics import compute_dtype, scalar_like
-
-Schedule = Callable[[jax.Array], Any]
-
-
-class LrDecayState(NamedTuple):
-    count: jax.Array  # steps taken so far: t - 1 during step t
-    learning_rate: jax.Array  # the learning rate the last step applied
-    hyperparams: dict  # learning_rate (when a number), decay
-
-
-@dataclasses.dataclass(frozen=True)
-class LrDecay(Stage):
-    learning_rate: float | Schedule
-    decay: float
-
-    def _rate(self, count, values):
-        base = self.learning_rate(count) if callable(self.learning_rate) else values["learning_rate"]
-        return jnp.asarray(base, dtype=values["decay"].dtype) / (1 + values["decay"] * count)
-
-    def init(self, params):
-        values = {"decay": self.decay}
-        if not callable(self.learning_rate):
-            values["learning_rate"] = self.learning_rate
-        values = hp.as_arrays(**values)
-        count = jnp.zeros([], jnp.int32)
-        return LrDecayState(count, self._rate(count, values), values)
-
-    def update(self, updates, state, params=None, **extra_args):
-        rate = self._rate(state.count, state.hyperparams)
-
-        def leaf(u):
-            return (-scalar_like(rate, u) * u.astype(compute_dtype(u.dtype))).astype(u.dtype)
-
-        count = optax.safe_increment(state.count)
-        return jax.tree.map(leaf, updates), LrDecayState(count, rate, state.hyperparams)
-
-
-def lr_decay(learning_rate: float | Schedule = 1e-3, decay: float = 0.0):
-    """Scales updates by ``-lr_t`` with ``lr_t = schedule(t) / (1 + decay * t)``, t counted from 0.
-
-    ``learning_rate`` is a number or any schedule ``count -> lr`` (optax
-    schedules work). ``decay`` is the legacy Keras (tf.keras <= 2.10) inverse-time
-    decay, applied on top of the schedule; the first step is undecayed.
-    State: ``count``, the ``learning_rate`` applied at the last step, and the
-    hyperparameters ``learning_rate`` (numbers only) and ``decay``.
-    """
-    return LrDecay(learning_rate, decay).transform()
+from adamfx._src.core.base import GradientTransformation, Stage, require_stage
+from adamfx._src.core.numerics import compute_dtype, increment, scalar_like
+from adamfx._src.stages.learning_rate import Schedule, lr_decay
 
 
 class WeightDecayState(NamedTuple):
@@ -75,12 +29,12 @@ class WeightDecayScheduleState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class AddDecayedWeights(Stage):
-    weight_decay: float
+    weight_decay: float | Schedule
     mask: Any  # frozen pytree of bools, a callable, or None
 
     def __post_init__(self):
         super().__post_init__()
-        checks.check_mask("weight_decay_mask", self.mask)
+        frozen.check_mask("weight_decay_mask", self.mask)
 
     @property
     def elementwise(self) -> bool:  # a mask is a per-leaf decision
@@ -89,7 +43,7 @@ class AddDecayedWeights(Stage):
     def _mask(self, params):
         if self.mask is None:
             return jax.tree.map(lambda _: True, params)
-        return checks.resolve_mask(checks.thaw(self.mask), params, "weight_decay_mask")
+        return frozen.resolve_mask(frozen.thaw(self.mask), params, "weight_decay_mask")
 
     def init(self, params):
         self._mask(params)  # reject a mask that does not fit the params now, not mid-training
@@ -102,7 +56,7 @@ class AddDecayedWeights(Stage):
             raise ValueError("weight decay needs the params: call update(updates, state, params).")
         if callable(self.weight_decay):
             weight_decay = jnp.asarray(self.weight_decay(state.count), dtype=float)
-            state = state._replace(count=optax.safe_increment(state.count))
+            state = state._replace(count=increment(state.count))
         else:
             weight_decay = state.hyperparams["weight_decay"]
 
@@ -115,7 +69,7 @@ class AddDecayedWeights(Stage):
         return jax.tree.map(leaf, updates, params, self._mask(params)), state
 
 
-def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None):
+def add_decayed_weights(weight_decay: float | Schedule = 0.0, mask: Any = None) -> GradientTransformation:
     """Adds ``weight_decay * p`` to the updates (where ``mask`` is true).
 
     Its place in the chain decides its meaning:
@@ -130,4 +84,40 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None):
     structure does not match raises ``ValueError`` at ``init``. State:
     hyperparameter ``weight_decay`` (a number), or the step ``count`` (a schedule).
     """
-    return AddDecayedWeights(weight_decay, checks.freeze(mask)).transform()
+    return AddDecayedWeights(weight_decay, frozen.freeze(mask)).transform()
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoupledWeightDecay(Stage):
+    decayed_weights: Stage  # add_decayed_weights: wd * p
+    rate: Stage  # lr_decay: times -lr_t
+
+    @property
+    def elementwise(self) -> bool:
+        return self.decayed_weights.elementwise
+
+    def init(self, params):
+        return (self.decayed_weights.init(params), self.rate.init(params))
+
+    def update(self, updates, state, params=None, **extra_args):
+        zeros = jax.tree.map(jnp.zeros_like, updates)
+        term, weights_state = self.decayed_weights.checked_update(zeros, state[0], params)
+        term, rate_state = self.rate.checked_update(term, state[1], params)
+        return jax.tree.map(jnp.add, updates, term), (weights_state, rate_state)
+
+
+def decoupled_weight_decay(
+    weight_decay: float | Schedule, learning_rate: ScalarOrSchedule = 1e-3, decay: float = 0.0, mask: Any = None
+) -> GradientTransformation:
+    """Adds ``-lr_t weight_decay p`` to the updates, with its own copy of the learning rate.
+
+    Keras applies ``p -= lr_t wd p`` before every optimizer step; in a chain whose
+    learning rate is already inside a momentum buffer (Keras ``SGD`` and
+    ``RMSprop``) that term must bypass the buffer, so this stage scales it by
+    the same ``lr_t`` (schedule and legacy ``decay``) itself. Its state holds
+    the states of :func:`add_decayed_weights` and :func:`lr_decay`, so
+    ``set_hyperparams(learning_rate=...)`` changes both copies together.
+    """
+    return DecoupledWeightDecay(
+        require_stage(add_decayed_weights(weight_decay, mask)), require_stage(lr_decay(learning_rate, decay))
+    ).transform()
