@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
 
 from adamfx._src.core import checks
 
@@ -138,7 +139,7 @@ def _own_values(stage_state: Any) -> dict[str, Any]:
 
 def _same_value(a: Any, b: Any) -> bool:
     """Whether two concrete hyperparameter values are equal (a name shared by groups reads as one value)."""
-    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+    if isinstance(a, Tracer) or isinstance(b, Tracer):
         return False
     return bool(jnp.array_equal(a, b))
 

@@ -142,13 +142,13 @@ def adafactor(
     min_dim = conventions.pick(min_dim_size_to_factor, conv.min_dim_size_to_factor)
     if isinstance(min_dim, bool) or not isinstance(min_dim, int) or min_dim < 1:
         raise ValueError(f"min_dim_size_to_factor={min_dim!r} is invalid: it must be an int >= 1.")
-    learning_rate = conventions.pick(learning_rate, conv.learning_rate)
+    lr = conventions.pick(learning_rate, conv.learning_rate)
     eps1 = conventions.pick(eps, conv.eps)
     step = [
         scale_by_factored_rms(decay_rate, eps1, eps_placement=conv.eps_placement, min_dim_size=max(2, min_dim)),
         *([] if clipping_threshold is None else [clip_by_block_rms(clipping_threshold)]),
         relative_step_size(
-            learning_rate,
+            lr,
             relative=conventions.pick(relative_step, conv.relative_step),
             parameter_scale=multiply_by_parameter_scale,
             eps_scale=eps_scale,
@@ -163,6 +163,6 @@ def adafactor(
     if conv.weight_decay_form == "added":  # optax: s_t + wd p, then the sign
         return chain(*gradient, *step, add_decayed_weights(weight_decay, mask), negate())
     if conv.weight_decay_form == "lr_scaled":  # PyTorch: p_t = p - s_t - lr_t wd p
-        return chain(*gradient, *step, negate(), decoupled_weight_decay(weight_decay, learning_rate, decay, mask))
+        return chain(*gradient, *step, negate(), decoupled_weight_decay(weight_decay, lr, decay, mask))
     # Keras: p' = p - lr_t wd p before the step, whose parameter scale reads p'
-    return chain(*gradient, decay_first(chain(*step, negate()), weight_decay, learning_rate, decay, mask))
+    return chain(*gradient, decay_first(chain(*step, negate()), weight_decay, lr, decay, mask))

@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from optax import ScalarOrSchedule
+
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.stages.clipping import gradient_stages
@@ -120,7 +122,7 @@ def finish(
     *,
     learning_rate: Any,
     decay: float,
-    weight_decay: float | None = None,
+    weight_decay: ScalarOrSchedule | None = None,
     weight_decay_mask: Any = None,
     decoupled: bool | None = None,
     momentum: Sequence[GradientTransformation] = (),

@@ -21,19 +21,28 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.numerics import abs_sq, compute_dtype, scalar_like
+from adamfx._src.core.base import Stage
+from adamfx._src.core.numerics import abs_sq, compute_dtype, increment, scalar_like
 from adamfx._src.stages.corrections import Rectify
 from adamfx._src.stages.eps import EpsPlacement
 from adamfx._src.stages.moments import Moments, MomentsState, Normalize, ScaleByMoments
-from adamfx._src.storage.protocol import default_dtype_of, map_stored, parameter_shaped, resolve_storage, stream_of
+from adamfx._src.storage.protocol import (
+    Storage,
+    default_dtype_of,
+    map_stored,
+    parameter_shaped,
+    resolve_storage,
+    stream_of,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScaleByBelief(ScaleByMoments):
+    mu_storage: Storage  # both moments are kept (ScaleByMoments may keep one)
+    nu_storage: Storage
     eps_root: float = 0.0
 
     def hyperparameters(self):
@@ -47,7 +56,7 @@ class ScaleByBelief(ScaleByMoments):
     def update(self, grads, state, params=None, **extra_args):
         for storage, stored in ((self.mu_storage, state.mu), (self.nu_storage, state.nu)):
             grads = checks.conform(grads, storage, parameter_shaped(storage, stored), "gradients")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         c1, c2 = state.hyperparams["1-b1"], state.hyperparams["1-b2"]
         eps_root = state.hyperparams["eps_root"]
         g = jax.tree.map(lambda g: g.astype(compute_dtype(g.dtype)), grads)
@@ -63,9 +72,12 @@ class ScaleByBelief(ScaleByMoments):
             s = (1 - c) * self.nu_storage.decode(record, dtype=c.dtype) + c * abs_sq(g - m) + e
             return self.nu_storage.store(s, default_dtype=default_dtype_of(g.real, like), key=key)
 
-        stored = dict(count=count, key=key)
-        mu, new_mu = map_stored(self.mu_storage, first, state.mu, g, grads, stream=stream_of(self, "mu"), **stored)
-        nu, new_nu = map_stored(self.nu_storage, belief, state.nu, g, mu, grads, stream=stream_of(self, "nu"), **stored)
+        mu, new_mu = map_stored(
+            self.mu_storage, first, state.mu, g, grads, count=count, stream=stream_of(self, "mu"), key=key
+        )
+        nu, new_nu = map_stored(
+            self.nu_storage, belief, state.nu, g, mu, grads, count=count, stream=stream_of(self, "nu"), key=key
+        )
         one = jnp.asarray(1.0, dtype=float)
         return Moments(grads, mu, nu, count, c1, c2, one), MomentsState(count, new_mu, new_nu, state.hyperparams)
 
@@ -86,7 +98,7 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, *, eps_root: float = 0.0
     return ScaleByBelief(b1, b2, mu_storage, nu_storage, eps_root=eps_root).transform()
 
 
-class _EpsRootInBelief:
+class _EpsRootInBelief(Stage):
     """Mixin for the stage that divides by ``sqrt(s^)``: ``eps_root`` already sits in ``s_t``, so this stage keeps
     no ``eps_root`` of its own (one name, one value: ``set_hyperparams(eps_root=...)`` moves the belief's)."""
 

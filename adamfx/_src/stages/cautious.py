@@ -69,7 +69,9 @@ class Cautious(Stage):
     rescale: str
     cautious_factor: float
 
-    elementwise = False  # the rescale sums over each leaf
+    @property
+    def elementwise(self) -> bool:  # the rescale sums over each leaf
+        return False
 
     def init(self, params):
         return CautiousState(self.inner.init(params), hp.as_arrays(cautious_factor=self.cautious_factor))

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adamfx._src.core.base import GradientTransformation, Stage, stage_of
+from adamfx._src.core.base import GradientTransformation, Stage, require_stage
 from adamfx._src.stages.learning_rate import lr_decay
 from adamfx._src.stages.weight_decay import DecoupledWeightDecay, add_decayed_weights
 
@@ -56,5 +56,7 @@ def decay_first(
     ``set_hyperparams(learning_rate=...)`` changes both.
     """
     return DecayFirst(
-        stage_of(add_decayed_weights(weight_decay, mask)), stage_of(lr_decay(learning_rate, decay)), stage_of(inner)
+        require_stage(add_decayed_weights(weight_decay, mask)),
+        require_stage(lr_decay(learning_rate, decay)),
+        require_stage(inner),
     ).transform()

@@ -23,12 +23,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
-from adamfx._src.core.numerics import compute_dtype, moment_dtype, real_dtype, real_moment_dtype, scalar_like
+from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, real_dtype, real_moment_dtype, scalar_like
 from adamfx._src.stages import eps as eps_module
 from adamfx._src.storage.protocol import (
     Storage,
@@ -63,7 +62,7 @@ class _OneMoment(Stage):
     def _map(self, leaf, updates, state):
         """``leaf(record, key, x, u) -> (out, record)`` over the updates ``u`` (``x``: in compute dtype)."""
         updates = checks.conform(updates, self.storage, parameter_shaped(self.storage, state.moment), "updates")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         wide = jax.tree.map(lambda u: u.astype(compute_dtype(u.dtype)), updates)
         stream = stream_of(self, "moment")
         out, kept = map_stored(self.storage, leaf, state.moment, wide, updates, count=count, stream=stream)
@@ -137,7 +136,7 @@ class ClipByStep(Stage):
             c = jnp.asarray(self.clip_value_fn(index)).astype(real_dtype(u.dtype))
             return jnp.clip(u, -c, c)
 
-        return jax.tree.map(leaf, updates), CountState(optax.safe_increment(state.count))
+        return jax.tree.map(leaf, updates), CountState(increment(state.count))
 
 
 def clip_by_step(clip_value_fn: Callable[[jax.Array], Any] = quarter_power, *, first_index: int = 0):

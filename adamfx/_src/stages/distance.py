@@ -24,12 +24,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from adamfx._src.core import checks, frozen
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage
-from adamfx._src.core.numerics import compute_dtype, moment_dtype, safe_divide, scalar_like
+from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, safe_divide, scalar_like
 from adamfx._src.stages.moments import one_minus_power
 from adamfx._src.storage.protocol import (
     Storage,
@@ -125,7 +124,7 @@ class DistanceEstimate(Stage):
         grads = checks.conform(grads, self.mu_storage, parameter_shaped(self.mu_storage, state.mu), "gradients")
         values, k = state.hyperparams, state.count
         c1, c2, c3 = (values[hp.COMPLEMENT + name] for name in ("b1", "b2", "b3"))
-        t = optax.safe_increment(k)
+        t = increment(k)
         bc = jnp.sqrt(one_minus_power(c2, t)) / one_minus_power(c1, t) if self.bias_correction else 1.0
         d = state.d
         dlr = d * self._rate(k, values) * bc
@@ -203,7 +202,6 @@ def distance_estimate(
     ``s``, ``p0``, ``d``, ``d_max``, ``numerator`` and the hyperparameters (not ``growth_rate``,
     fixed with the recipe like ``safeguard_warmup``: its default, inf, is no number to keep).
     """
-    b3 = b2**0.5 if b3 is None else b3
     if growth_rate is not None and checks.is_concrete(growth_rate) and float(growth_rate) == float("inf"):
         growth_rate = None
     mu_storage = resolve_storage(mu_dtype, "mu_dtype")
@@ -213,7 +211,7 @@ def distance_estimate(
     return DistanceEstimate(
         b1,
         b2,
-        b3,
+        b2**0.5 if b3 is None else b3,  # b3 = sqrt(b2) by default
         eps,
         d0,
         d_coef,

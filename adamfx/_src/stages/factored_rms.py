@@ -32,12 +32,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, Stage
-from adamfx._src.core.numerics import abs_sq, compute_dtype, real_moment_dtype, scalar_like
+from adamfx._src.core.numerics import abs_sq, compute_dtype, increment, real_moment_dtype, scalar_like
 from adamfx._src.stages import eps as eps_vocabulary
 from adamfx._src.storage.factored import Factored, FactoredStorage, accumulate_factors, is_factored, unfactor
 from adamfx._src.storage.protocol import init_stored, map_stored, parameter_shaped, stream_of
@@ -63,7 +62,9 @@ class ScaleByFactoredRms(Stage):
     eps_placement: str
     storage: FactoredStorage
 
-    elementwise = False  # row and column means need the leaf's shape
+    @property
+    def elementwise(self) -> bool:  # row and column means need the leaf's shape
+        return False
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,7 +83,7 @@ class ScaleByFactoredRms(Stage):
 
     def update(self, grads, state, params=None, **extra_args):
         grads = checks.conform(grads, self.storage, parameter_shaped(self.storage, state.nu), "gradients")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         weight = decay_schedule(state.hyperparams["decay_rate"], count)  # 1 - b2_t
         clamped = self.eps_placement == "clamp"
 

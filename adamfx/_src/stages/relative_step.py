@@ -20,11 +20,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation
-from adamfx._src.core.numerics import compute_dtype, scalar_like
+from adamfx._src.core.numerics import compute_dtype, increment, scalar_like
 from adamfx._src.stages.learning_rate import LrDecay, LrDecayState
 from adamfx._src.stages.update_clipping import rms
 
@@ -55,7 +54,7 @@ class RelativeStepSize(LrDecay):
                 "relative_step_size(parameter_scale=True) needs the params: call update(updates, state, params)."
             )
         rho = self._rate(state.count, state.hyperparams)  # lr_t
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         if self.relative:  # rho_t = min(lr_t, 1 / sqrt(t))
             rho = jnp.minimum(rho, 1 / jnp.sqrt(count.astype(rho.dtype)))
 

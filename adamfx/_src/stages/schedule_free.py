@@ -28,11 +28,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import GradientTransformation, Stage, stage_of
-from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
+from adamfx._src.core.base import GradientTransformation, Stage, require_stage, stage_of
+from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
 from adamfx._src.stages.learning_rate import lr_decay
 from adamfx._src.stages.weight_decay import add_decayed_weights
 from adamfx._src.storage.protocol import FloatStorage, Storage, map_stored, resolve_storage, stored_form, stream_of
@@ -116,7 +115,7 @@ class ScheduleFree(Stage):
             _, kept = self.storage.store(z - step, default_dtype=moment_dtype(y.dtype), key=key)  # z_{t+1}
             return u, kept
 
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
         new, z = map_stored(self.storage, leaf, state.z, updates, params, count=count, stream=stream_of(self, "z"))
         new = jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates)
         return new, ScheduleFreeState(count, z, lr_max, weight_sum, lr, values)
@@ -191,5 +190,7 @@ def decay_before_step(
     if inner_stage is None:
         raise ValueError("decay_before_step(inner) is invalid: inner must be an adamfx stage or chain.")
     return DecayBeforeStep(
-        inner_stage, stage_of(add_decayed_weights(weight_decay, mask)), stage_of(lr_decay(learning_rate, decay))
+        inner_stage,
+        require_stage(add_decayed_weights(weight_decay, mask)),
+        require_stage(lr_decay(learning_rate, decay)),
     ).transform()

@@ -18,12 +18,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage, identity_state
-from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
+from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
 from adamfx._src.storage.protocol import (
     Storage,
     default_dtype_of,
@@ -61,7 +60,7 @@ class LionMomentum(Stage):
     def update(self, updates, state, params=None, **extra_args):
         updates = checks.conform(updates, self.storage, parameter_shaped(self.storage, state.mu), "gradients")
         c1, c2 = state.hyperparams[hp.COMPLEMENT + "b1"], state.hyperparams[hp.COMPLEMENT + "b2"]
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
 
         def leaf(record, key, g):
             x = g.astype(compute_dtype(g.dtype))

@@ -44,7 +44,9 @@ class TrustRatioState(NamedTuple):
 class TrustRatio(Stage):
     after: GradientTransformation | None  # a transform, not a Stage field: fused must see this stage whole
 
-    elementwise = False  # per-leaf norms
+    @property
+    def elementwise(self) -> bool:  # per-leaf norms
+        return False
 
     def init(self, params):
         return TrustRatioState(identity_state() if self.after is None else self.after.init(params))

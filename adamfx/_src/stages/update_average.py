@@ -14,12 +14,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, Stage
-from adamfx._src.core.numerics import compute_dtype, moment_dtype, scalar_like
+from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
 from adamfx._src.storage.protocol import Storage, init_stored, map_stored, parameter_shaped, resolve_storage, stream_of
 
 
@@ -47,7 +46,7 @@ class UpdateEma(Stage):
 
     def update(self, updates, state, params=None, **extra_args):
         updates = checks.conform(updates, self.storage, parameter_shaped(self.storage, state.mu), "updates")
-        count = optax.safe_increment(state.count)
+        count = increment(state.count)
 
         def leaf(record, key, u):  # m_t = b m_{t-1} + (1 - b) u_t
             x = u.astype(compute_dtype(u.dtype))

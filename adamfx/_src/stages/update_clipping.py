@@ -35,7 +35,9 @@ def rms(x: jax.Array) -> jax.Array:
 class ClipByBlockRms(Stage):
     clipping_threshold: float
 
-    elementwise = False  # RMS over each leaf
+    @property
+    def elementwise(self) -> bool:  # RMS over each leaf
+        return False
 
     def init(self, params):
         return BlockRmsState(hp.as_arrays(clipping_threshold=self.clipping_threshold))

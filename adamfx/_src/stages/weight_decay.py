@@ -15,7 +15,7 @@ from adamfx._src.core import frozen
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, Stage, require_stage
 from adamfx._src.core.numerics import compute_dtype, increment, scalar_like
-from adamfx._src.stages.learning_rate import Schedule, lr_decay
+from adamfx._src.stages.learning_rate import lr_decay
 
 
 class WeightDecayState(NamedTuple):
@@ -29,7 +29,7 @@ class WeightDecayScheduleState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class AddDecayedWeights(Stage):
-    weight_decay: float | Schedule
+    weight_decay: ScalarOrSchedule
     mask: Any  # frozen pytree of bools, a callable, or None
 
     def __post_init__(self):
@@ -69,7 +69,7 @@ class AddDecayedWeights(Stage):
         return jax.tree.map(leaf, updates, params, self._mask(params)), state
 
 
-def add_decayed_weights(weight_decay: float | Schedule = 0.0, mask: Any = None) -> GradientTransformation:
+def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) -> GradientTransformation:
     """Adds ``weight_decay * p`` to the updates (where ``mask`` is true).
 
     Its place in the chain decides its meaning:
@@ -107,7 +107,7 @@ class DecoupledWeightDecay(Stage):
 
 
 def decoupled_weight_decay(
-    weight_decay: float | Schedule, learning_rate: ScalarOrSchedule = 1e-3, decay: float = 0.0, mask: Any = None
+    weight_decay: ScalarOrSchedule, learning_rate: ScalarOrSchedule = 1e-3, decay: float = 0.0, mask: Any = None
 ) -> GradientTransformation:
     """Adds ``-lr_t weight_decay p`` to the updates, with its own copy of the learning rate.
 

@@ -101,7 +101,7 @@ def square_means(g: jax.Array) -> tuple[jax.Array, jax.Array]:
     return rows, abs_sq(g).mean(axis=-2)
 
 
-def accumulate_factors(stored: Factored, g: jax.Array, decay, weight, offset=0.0) -> Factored:
+def accumulate_factors(stored: Factored, g: jax.Array, decay, weight, offset: jax.typing.ArrayLike = 0.0) -> Factored:
     """The factors of ``decay * unfactor(stored) + weight * (|g|^2 + offset)`` without forming that matrix.
 
     ``unfactor`` preserves the means (the row means of ``r c^T / mean(r)`` are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -27,12 +28,20 @@ def _find(state: Any, fused: bool = False) -> tuple[ScheduleFreeState, bool] | N
     return None
 
 
+def _buffer_sizes(layout: Layout) -> dict[str, int]:
+    """The number of elements in each group's flat buffer: the sum of its leaves' sizes."""
+    sizes = dict.fromkeys(layout.groups, 0)
+    for key, shape in zip(layout.keys, layout.shapes, strict=True):
+        sizes[key] += math.prod(shape)
+    return sizes
+
+
 def _fused_layout(params: Any, z: Any) -> Layout:
     """The layout ``fused`` packed the params with, recognised from the buffers of ``z``."""
     sizes = {key: buffer.size for key, buffer in z.items()} if isinstance(z, dict) else None
     for pack_below in (PACK_BELOW, None):
         layout = Layout.of(params, (), pack_below)
-        if layout.sizes() == sizes:
+        if _buffer_sizes(layout) == sizes:
             return layout
     raise ValueError(
         "schedule_free_eval_params: the fused state's buffers do not match a layout of these params "
