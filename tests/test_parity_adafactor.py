@@ -230,9 +230,9 @@ def test_optax(case):
     actual = ours("optax", mine)
     with peers.precision(np.float64):  # optax.ema keeps its decay as an array made at construction
         exact_tx, shipped_tx = optax_adafactor64(**theirs), optax.adafactor(**theirs)
-    exact = peers.run_optax(exact_tx, PROBLEM, STEPS)
+    exact = peers.run_transform(exact_tx, PROBLEM, STEPS)
     assert peers.max_abs_diff(actual, exact) <= TOLERANCE
-    shipped = peers.run_optax(shipped_tx, PROBLEM, STEPS)
+    shipped = peers.run_transform(shipped_tx, PROBLEM, STEPS)
     spread = peers.max_abs_diff(shipped, exact)
     assert spread > 0  # the shipped peer's float32 step is visible, so the reference above is not the shipped one
     assert peers.max_abs_diff(actual, shipped) <= spread + TOLERANCE
@@ -250,7 +250,7 @@ def test_float32(convention):
 
     def run(dtype):
         if convention == "optax":
-            return peers.run_optax(optax.adafactor(0.05), PROBLEM, STEPS, dtype)
+            return peers.run_transform(optax.adafactor(0.05), PROBLEM, STEPS, dtype)
         return (run_torch if convention == "torch" else run_keras)({}, dtype)
 
     mine = {"learning_rate": 0.05} if convention == "optax" else {}
