@@ -80,11 +80,11 @@ def adafactor(
     difference                  "optax"      "torch"           "keras"              Shazeer & Stern
     ==========================  ===========  ================  ===================  ==================
     learning_rate default       none (1)     1e-2              1e-3                 --
-    relative_step default       False        True (always)     True (always, *)     rho_t cap 1e-2
+    relative_step default       False        True (always)     True (always, a)     rho_t cap 1e-2
     factored leaves             both last    every >= 2-D      every >= 2-D         matrices
                                 two >= 128   (last two axes)   (last two axes)
     eps1 default                1e-30        finfo(p).eps      1e-30                1e-30
-    eps_placement of eps1       in_square    clamp (**)        in_square            in_square
+    eps_placement of eps1       in_square    clamp (b)         in_square            in_square
     parameter scale             optional     always            always               yes
     update clipping             optional     always (d >= 1)   always               d = 1
     momentum                    optional     none              none                 b1 optional
@@ -94,12 +94,12 @@ def adafactor(
     run                                                        RMS(p), RMS(u))
     ==========================  ===========  ================  ===================  ==================
 
-    (*) Keras's ``relative_step`` flag changes nothing: its step is always
+    (a) Keras's ``relative_step`` flag changes nothing: its step is always
     ``min(lr_t, 1/sqrt(t))``; ``relative_step=False`` here takes ``rho_t = lr_t``.
     PyTorch and Keras have no switch for the parameter scale, update clipping
     off or momentum: those options follow optax's composition in every convention.
     ``"in_square"``: ``x_t = g_t^2 + eps1`` as above.
-    (**) ``"clamp"``, PyTorch: ``x_t = g_t^2``, ``v^_t = r c^T / max(mean(r), eps1)``,
+    (b) ``"clamp"``, PyTorch: ``x_t = g_t^2``, ``v^_t = r c^T / max(mean(r), eps1)``,
     ``u_t = g_t / max(sqrt(v^_t), eps1)``.
     Factoring a side of length 1 (PyTorch and Keras factor ``(n, 1)`` leaves)
     gives the full moment exactly, so adamfx keeps such leaves whole; optax factors

@@ -72,10 +72,13 @@ def lamb(
       b1, b2: decay rates of the first and second moments, in [0, 1).
       eps: added to the corrected root; ``None`` takes the convention's default.
       weight_decay: a number or (optax) a schedule; where it enters, the table says.
-      weight_decay_mask, decay, convention, maximize, clipnorm, clipvalue, global_clipnorm,
-        loss_scale_factor, mu_dtype, nu_dtype: as :func:`adamfx.adam`.
+      convention: ``"optax"`` or ``"keras"``.
 
-    A first step takes ``lr ||p||`` per leaf (Adam's first step is ``sign(g)``, so ``||a_1|| = sqrt(d)``):
+    ``weight_decay_mask``, ``decay``, ``maximize``, ``clipnorm``, ``clipvalue``, ``global_clipnorm``,
+    ``loss_scale_factor``, ``mu_dtype`` and ``nu_dtype`` are as in :func:`adamfx.adam`.
+
+    Example: a first step takes ``lr ||p||`` per leaf (Adam's first step is ``sign(g)``, so
+    ``||a_1|| = sqrt(d)``):
 
     >>> import adamfx, jax.numpy as jnp
     >>> tx = adamfx.lamb(0.1, eps=0.0)

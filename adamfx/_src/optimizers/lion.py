@@ -58,13 +58,13 @@ def lion(
     ==========  ========  ============  ===================  ===============================================
     convention  lr        weight_decay  decay form           cautious=True rescale (kept components)
     ==========  ========  ============  ===================  ===============================================
-    "optax"     1e-4 (*)  1e-3          p -= lr_t wd p       d / (nnz + 1) (**)
-    "keras"     1e-3      0 (None)      p -= lr_t wd p (+)   d / (nnz + 1) (**)
-    "torch"     1e-4      0             p *= 1 - lr_t wd     1 / max(nnz / d, 1e-5) (lion-pytorch)
+    "optax"     1e-4 (a)  1e-3          p -= lr_t wd p       d / (nnz + 1) (c)
+    "keras"     1e-3      0 (None)      p -= lr_t wd p (b)   d / (nnz + 1) (c)
+    "torch"     1e-4      0             p <- (1-lr_t wd) p   1 / max(nnz / d, 1e-5) (lion-pytorch)
     ==========  ========  ============  ===================  ===============================================
 
-    (*) ``optax.lion`` has no default learning rate: lion-pytorch's. (+) Keras decays the weights before the
-    step, which is the same update. (**) optax and Keras have no cautious Lion: the paper's code, which is
+    (a) ``optax.lion`` has no default learning rate: lion-pytorch's. (b) Keras decays the weights before the
+    step, which is the same update. (c) optax and Keras have no cautious Lion: the paper's code, which is
     pytorch-optimizer's ``Lion(cautious=True)``. ``"torch"`` follows lion-pytorch 0.2.5: ``lion_pytorch.Lion``,
     and with ``cautious=True`` its ``lion_pytorch.cautious_lion.Lion(cautious_factor=0)``
     (other cautious factors: build ``adamfx.cautious(lion_momentum(), sign(), rescale="mean", factor=f)``).

@@ -184,8 +184,8 @@ def muon(
     scale_by_shape -> add_decayed_weights -> lr_decay; adam: adamw)``.
 
     ==============  ==============================  ==============================  ==============================
-    convention      "torch" (torch.optim.Muon +     "keras" (keras.optimizers.Muon)  "optax" (optax.contrib.muon)
-                    torch.optim.AdamW for the rest)
+    convention      "torch" (torch.optim.Muon +     "keras" (keras Muon)             "optax" (optax.contrib.muon)
+                    torch.optim.AdamW, the rest)
     ==============  ==============================  ==============================  ==============================
     momentum        EMA ``m = mu m + (1-mu) g``     sum ``b = mu b + g``            EMA, bias-corrected
     nesterov        ``mu m + (1-mu) g``             ``g + mu b``                    ``mu m/(1-mu^(t+1))
