@@ -303,7 +303,7 @@ def plot(comparison: dict, path: Path) -> None:
 def as_json(value):
     if isinstance(value, dict):
         return {k: as_json(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     return value
 
