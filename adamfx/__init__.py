@@ -49,7 +49,7 @@ from adamfx._src.stages.moments import Moments, bias_correction, max_nu, normali
 from adamfx._src.stages.momentum import trace
 from adamfx._src.stages.orthogonalize import nesterov_lerp, orthogonalize, scale_by_shape
 from adamfx._src.stages.relative_step import relative_step_size
-from adamfx._src.stages.schedule_free import ScheduleFreeState, decay_before_step, schedule_free
+from adamfx._src.stages.schedule_free import ScheduleFreeState, schedule_free
 from adamfx._src.stages.sign import lion_momentum, sign
 from adamfx._src.stages.slow_ema import slow_ema
 from adamfx._src.stages.trust_ratio import trust_ratio
@@ -108,7 +108,6 @@ __all__ = [
     "clip_by_norm_per_leaf",
     "clip_by_step",
     "clip_by_value",
-    "decay_before_step",
     "decay_first",
     "decoupled_weight_decay",
     "distance_estimate",

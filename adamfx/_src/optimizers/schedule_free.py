@@ -10,8 +10,9 @@ from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation, chain
 from adamfx._src.optimizers import conventions
 from adamfx._src.stages.clipping import gradient_stages
+from adamfx._src.stages.decay_first import decay_first
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
-from adamfx._src.stages.schedule_free import decay_before_step, schedule_free
+from adamfx._src.stages.schedule_free import schedule_free
 from adamfx._src.stages.weight_decay import add_decayed_weights
 
 
@@ -39,7 +40,7 @@ SCHEDULE_FREE_SGD_CONVENTIONS = {
 
 
 def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay, **gradient_options):
-    """``gradient [decay at y] core`` or Keras's ``decay_before_step(gradient core)``.
+    """``gradient [decay at y] core`` or Keras's ``decay_first(gradient core)``.
 
     The weight decay stage is kept also for ``weight_decay=0`` (as optax does): the state's
     structure must not depend on a value that ``set_hyperparams`` or ``inject_hyperparams`` may change.
@@ -47,7 +48,7 @@ def _finish(core, conv, *, weight_decay, weight_decay_mask, learning_rate, decay
     steps = [*gradient_stages(**gradient_options)]
     if conv.decay_at == "y":
         return chain(*steps, *core[:-1], add_decayed_weights(weight_decay, weight_decay_mask), core[-1])
-    return decay_before_step(chain(*steps, *core), weight_decay, learning_rate, decay, weight_decay_mask)
+    return decay_first(chain(*steps, *core), weight_decay, learning_rate, decay, weight_decay_mask)
 
 
 def _averaging(conv, learning_rate, b1, warmup_steps, weight_lr_power, decay, z_dtype):
@@ -116,7 +117,7 @@ def schedule_free_adamw(
     ``t - 1`` (its first z step is zero), the averaging at ``t`` (``schedule_free_adamw``'s
     ``step_count`` starts at 1); a schedule given as ``learning_rate`` is read the same two ways.
     (**) Keras's ``weight_decay`` decays the variable with the un-warmed learning rate before
-    ``update_step`` (:func:`adamfx.decay_before_step`), which rebuilds x from the decayed y; its
+    ``update_step`` (:func:`adamfx.decay_first`), which rebuilds x from the decayed y; its
     d is the normalized gradient alone. Keras has no ``weight_lr_power``: its c_t is ``1 / t``.
     All three: ``v`` bias-corrected, ``eps_placement="outside"`` (``sqrt(v / (1 - b2^t)) + eps``),
     ``lr_max`` starting at 0 (schedulefree's -1 is the same for ``lr >= 0``), ``c = 0`` while

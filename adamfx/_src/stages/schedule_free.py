@@ -14,7 +14,7 @@ with) and ``y`` (the params, where gradients are taken)::
 
 ``x`` is not stored: ``x = (y - (1 - b1) z) / b1`` (:func:`adamfx.schedule_free_eval_params`).
 
-:func:`decay_before_step` is Keras's order of weight decay (``p -= lr_t wd p``
+:func:`adamfx.decay_first` gives Keras's order of weight decay (``p -= lr_t wd p``
 *before* the optimizer step, which then sees the decayed params); it only
 differs from adding ``wd p`` to the updates for optimizers that read the params,
 as schedule-free does.
@@ -30,10 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import GradientTransformation, Stage, require_stage, stage_of
+from adamfx._src.core.base import GradientTransformation, Stage
 from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
-from adamfx._src.stages.learning_rate import lr_decay
-from adamfx._src.stages.weight_decay import add_decayed_weights
 from adamfx._src.storage.protocol import FloatStorage, Storage, map_stored, resolve_storage, stored_form, stream_of
 
 
@@ -149,48 +147,4 @@ def schedule_free(
     storage = resolve_storage(z_dtype, "z_dtype")
     return ScheduleFree(
         learning_rate, decay, b1, warmup_steps, weight_lr_power, warmup_shift, bool(weights_ahead), storage
-    ).transform()
-
-
-@dataclasses.dataclass(frozen=True)
-class DecayBeforeStep(Stage):
-    inner: Stage  # the optimizer step, run on the decayed params
-    decayed_weights: Stage  # add_decayed_weights: wd * p
-    rate: Stage  # lr_decay: times -lr_t
-
-    @property
-    def elementwise(self) -> bool:
-        return self.decayed_weights.elementwise and self.inner.elementwise
-
-    def init(self, params):
-        return (self.inner.init(params), self.decayed_weights.init(params), self.rate.init(params))
-
-    def update(self, updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError("weight decay needs the params: call update(updates, state, params).")
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        term, weights_state = self.decayed_weights.checked_update(zeros, state[1], params)
-        term, rate_state = self.rate.checked_update(term, state[2], params)  # -lr_t wd p
-        decayed = jax.tree.map(lambda p, s: (p + s).astype(p.dtype), params, term)
-        steps, inner_state = self.inner.checked_update(updates, state[0], decayed, **extra_args)
-        total = jax.tree.map(lambda u, s: (u + s).astype(u.dtype), steps, term)
-        return total, (inner_state, weights_state, rate_state)
-
-
-def decay_before_step(
-    inner: GradientTransformation, weight_decay: Any, learning_rate: Any = 1e-3, decay: float = 0.0, mask: Any = None
-) -> GradientTransformation:
-    """Keras's weight decay: ``p <- p - lr_t wd p`` first, then ``inner``'s step taken *at the decayed params*.
-
-    The updates are ``inner``'s (computed with the decayed params) plus ``-lr_t wd p``;
-    ``lr_t`` is the schedule and legacy ``decay`` of :func:`adamfx.lr_decay`, without
-    any warmup inside ``inner``. Used by ``schedule_free_adamw(convention="keras")``.
-    """
-    inner_stage = stage_of(inner)
-    if inner_stage is None:
-        raise ValueError("decay_before_step(inner) is invalid: inner must be an adamfx stage or chain.")
-    return DecayBeforeStep(
-        inner_stage,
-        require_stage(add_decayed_weights(weight_decay, mask)),
-        require_stage(lr_decay(learning_rate, decay)),
     ).transform()
