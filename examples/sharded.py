@@ -91,7 +91,9 @@ def main():
             bar.set_postfix(loss=f"{float(loss):.3f}")
 
     first_moment = state[0].mu["w1"]  # adamw's first stage is scale_by_moments
-    print("w1 param sharding:", params["w1"].sharding.spec, " its first moment:", first_moment.sharding.spec)
+    # tuple(spec): the mesh axes of each array dimension (PartitionSpec's repr differs between jax versions)
+    w1_spec, moment_spec = tuple(params["w1"].sharding.spec), tuple(first_moment.sharding.spec)
+    print("w1 param sharding:", w1_spec, " its first moment:", moment_spec)
     accuracy = float(jnp.mean(jnp.argmax(logits(params, x_test), -1) == y_test))
     print(f"test accuracy {accuracy:.3f}")
 

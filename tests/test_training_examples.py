@@ -44,7 +44,7 @@ def test_sharded_example():
     output = run_example("sharded.py")
     plain, zero = (int(n.replace(",", "")) for n in re.findall(r"zero_axis=\S+\s+([0-9,]+) bytes", output))
     assert zero < plain / 2
-    assert "its first moment: P('data', 'model')" in output
+    assert "its first moment: ('data', 'model')" in output
     assert accuracy(output) > 0.9
 
 
