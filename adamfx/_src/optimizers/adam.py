@@ -36,6 +36,11 @@ ADAM_CONVENTIONS = {
 CONVENTIONS = ADAM_CONVENTIONS
 
 
+def adamw_weight_decay(weight_decay: Any, convention: str) -> Any:
+    """``weight_decay``, or when it is ``None`` the convention's AdamW default (of every "...w" optimizer)."""
+    return conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+
+
 @checks.porting_aids
 @conventions.peer_options()
 def adam(
@@ -199,7 +204,7 @@ def adamw(
     >>> [round(float(u), 6) for u in updates["w"]]
     [-0.00101, 0.00099]
     """
-    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    weight_decay = adamw_weight_decay(weight_decay, convention)
     return adam(
         learning_rate,
         b1,

@@ -9,7 +9,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.optimizers.adam import ADAM_CONVENTIONS
+from adamfx._src.optimizers.adam import adamw_weight_decay
 from adamfx._src.stages.moment_forms import infinity_norm
 from adamfx._src.stages.moments import bias_correction, scale_by_moments
 
@@ -128,7 +128,7 @@ def adamaxw(
     >>> [round(float(u), 6) for u in updates["w"]]
     [-0.00202, 0.00198]
     """
-    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    weight_decay = adamw_weight_decay(weight_decay, convention)
     return adamax(
         learning_rate,
         b1,

@@ -9,7 +9,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.optimizers.adam import ADAM_CONVENTIONS
+from adamfx._src.optimizers.adam import adamw_weight_decay
 from adamfx._src.stages.corrections import nesterov_momentum
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
 
@@ -151,7 +151,7 @@ def nadamw(
     >>> [round(float(u), 6) for u in updates["w"]]
     [-0.001066, 0.001046]
     """
-    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    weight_decay = adamw_weight_decay(weight_decay, convention)
     return nadam(
         learning_rate,
         b1,

@@ -52,10 +52,6 @@ class _OneMoment(Stage):
 
     storage: Storage
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def _start(self, params, dtype_of, **hyperparams):
         return StoredMomentState(jnp.zeros([], jnp.int32), init_stored(self.storage, params, dtype_of), hyperparams)
 

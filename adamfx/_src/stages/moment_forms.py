@@ -50,10 +50,6 @@ class _StoredMoment:
 
     storage: Storage  # a field of each dataclass that mixes this in
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def _conform(self, tree, stored, what: str):
         """``tree`` checked against the stored moment, in the state's dtypes (see :func:`checks.conform`)."""
         return checks.conform(tree, self.storage, parameter_shaped(self.storage, stored), what)

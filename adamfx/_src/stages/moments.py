@@ -309,10 +309,6 @@ class MaxNuState(NamedTuple):
 class MaxNu(Stage):
     storage: Storage
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         return MaxNuState(init_stored(self.storage, params, real_moment_dtype))
 

@@ -52,10 +52,6 @@ class Trace(Stage):
                 f"dampening={dampening!r}."
             )
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         return TraceState(
             count=jnp.zeros([], jnp.int32),

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import Stage, identity_state
-from adamfx._src.core.numerics import compute_dtype, scalar_like
+from adamfx._src.core.numerics import compute_dtype, dtype_of_kind, scalar_like
 from adamfx._src.stages import eps as eps_vocabulary
 from adamfx._src.stages.moments import Moments, require_moments
 
@@ -144,11 +144,8 @@ def orthogonalize(
     traced = traced and jnp.issubdtype(jnp.result_type(ns_steps), jnp.integer)
     if not traced and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
         raise ValueError(f"ns_steps={ns_steps!r} is invalid: it must be an int >= 1.")
-    try:
-        dtype = jnp.dtype(ns_dtype)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    dtype = dtype_of_kind(ns_dtype, jnp.floating)
+    if dtype is None:
         raise ValueError(f"ns_dtype={ns_dtype!r} is invalid: it must be a real JAX float dtype (jnp.float32, ...).")
     a, b, c = (float(c) for c in coefficients)
     return NewtonSchulz((a, b, c), ns_steps, eps, eps_placement, dtype.name).transform()

@@ -46,10 +46,6 @@ class LionMomentum(Stage):
     b2: float
     storage: Storage
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         return LionMomentumState(
             count=jnp.zeros([], jnp.int32),

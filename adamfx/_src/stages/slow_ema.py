@@ -69,10 +69,6 @@ class SlowEma(Stage):
     storage: Storage
     first_index: int  # the warmup index s of the first step: 0 (optax's schedules read the count) or 1
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         warmups = {"alpha_warmup": self.alpha_warmup, "b3_warmup": self.b3_warmup}
         values = {"alpha": self.alpha, **{name: value for name, value in warmups.items() if value is not None}}

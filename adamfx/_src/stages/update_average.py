@@ -33,10 +33,6 @@ class UpdateEma(Stage):
     momentum: float
     storage: Storage
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         return UpdateEmaState(
             jnp.zeros([], jnp.int32),

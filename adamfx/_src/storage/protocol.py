@@ -70,7 +70,7 @@ from typing import Any, ClassVar, cast
 import jax
 import jax.numpy as jnp
 
-from adamfx._src.core.numerics import abs_sq, compute_dtype, moment_dtype
+from adamfx._src.core.numerics import abs_sq, compute_dtype, dtype_of_kind, moment_dtype
 from adamfx._src.storage.rounding import StepKey, check_rounding_and_seed, step_word, stochastic_round
 
 
@@ -175,18 +175,12 @@ class FloatStorage(Storage):
 
 def _is_int8(spec: Any) -> bool:
     """``"int8"``, ``jnp.int8`` or ``np.dtype("int8")``."""
-    try:
-        return jnp.dtype(spec) == jnp.int8
-    except TypeError:
-        return False
+    return dtype_of_kind(spec, jnp.int8) is not None
 
 
 def _float_dtype(spec: Any, name: str) -> jnp.dtype:
-    try:
-        dtype = jnp.dtype(spec)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+    dtype = dtype_of_kind(spec, jnp.inexact)
+    if dtype is None:
         raise ValueError(f"{name}={spec!r} is invalid: {_ALLOWED}.")
     return dtype
 
