@@ -47,6 +47,17 @@ class Stage:
     **Dtypes.** ``update`` returns a state whose leaves keep the dtypes ``init``
     gave them, whatever the dtype of the gradients (``lax.scan`` and
     ``apply_if_finite`` need a fixed carry type).
+
+    >>> import dataclasses, adamfx, jax, jax.numpy as jnp
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Double(adamfx.Stage):
+    ...     def init(self, params):
+    ...         return ()
+    ...     def update(self, updates, state, params=None, **extra_args):
+    ...         return jax.tree.map(lambda u: 2 * u, updates), state
+    >>> tx = Double().transform()
+    >>> tx.update({"w": jnp.array([1.5])}, tx.init(None))[0]["w"], Double() == Double()
+    (Array([3.], dtype=float32), True)
     """
 
     live: frozenset = dataclasses.field(default=frozenset(), kw_only=True, repr=False)
@@ -159,6 +170,11 @@ class Chain(Stage):
     given, a gradient leaf whose shape differs from its parameter's is an error
     naming its path. The updates have the gradients' dtypes (the stages compute
     in the state's dtypes, fixed by ``init``).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> both = adamfx.Chain((adamfx.negate(), adamfx.unscale_loss(4.0)))
+    >>> both.update({"w": jnp.array([2.0, -8.0])}, both.init({"w": jnp.zeros(2)}))[0]["w"]  # -g / 4
+    Array([-0.5,  2. ], dtype=float32)
     """
 
     transforms: tuple[GradientTransformationExtraArgs, ...]

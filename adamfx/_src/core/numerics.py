@@ -35,7 +35,7 @@ def real_moment_dtype(dtype) -> jnp.dtype:
 
 
 def dtype_of_kind(spec: Any, kind: Any) -> jnp.dtype | None:
-    """``jnp.dtype(spec)`` when ``spec`` names a dtype of ``kind`` (``jnp.floating``, ``jnp.inexact``), else ``None``."""
+    """``jnp.dtype(spec)`` if ``spec`` names a dtype of ``kind`` (``jnp.floating``, ``jnp.inexact``), else ``None``."""
     try:
         dtype = jnp.dtype(spec)
     except TypeError:

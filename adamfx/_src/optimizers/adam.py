@@ -33,6 +33,10 @@ ADAM_CONVENTIONS = {
 }
 
 #: The conventions (``tuple(adamfx.CONVENTIONS)`` names them), as Adam's rows.
+#:
+#: >>> import adamfx
+#: >>> tuple(adamfx.CONVENTIONS), adamfx.CONVENTIONS["keras"].eps, adamfx.CONVENTIONS["torch"].adamw_weight_decay
+#: (('optax', 'torch', 'keras'), 1e-07, 0.01)
 CONVENTIONS = ADAM_CONVENTIONS
 
 

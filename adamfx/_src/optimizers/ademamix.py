@@ -112,7 +112,9 @@ def ademamix(
     -1.00050e-03
     """
     conv = conventions.lookup(ADEMAMIX_CONVENTIONS, convention)
-    conventions.require("ademamix", learning_rate=learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, weight_decay=weight_decay)
+    conventions.require(
+        "ademamix", learning_rate=learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha, eps=eps, weight_decay=weight_decay
+    )
     fast = [scale_by_moments(b1, b2, mu_dtype=mu_dtype, nu_dtype=nu_dtype), bias_correction()]
     return conventions.finish(
         [

@@ -81,6 +81,18 @@ class Storage:
     Subclasses are frozen dataclasses and implement :meth:`encode` and
     :meth:`decode`; the other operations have defaults in terms of those two.
     See the module docstring for the protocol.
+
+    >>> import dataclasses, adamfx, jax.numpy as jnp
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Halved(adamfx.Storage):  # a toy: keeps m / 2
+    ...     def encode(self, value, *, default_dtype, key=None):
+    ...         return (value / 2).astype(default_dtype)
+    ...     def decode(self, stored, *, dtype):
+    ...         return (2 * stored).astype(dtype)
+    >>> tx = adamfx.scale_by_moments(0.5, None, mu_dtype=Halved())
+    >>> moments, state = tx.update({"w": jnp.array([4.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> moments.mu["w"], state.mu["w"]  # m = (1 - 0.5) 4, kept as m / 2
+    (Array([2.], dtype=float32), Array([1.], dtype=float32))
     """
 
     elementwise: ClassVar[bool] = True
