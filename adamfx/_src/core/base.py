@@ -106,6 +106,14 @@ class Stage:
         return GradientTransformationExtraArgs(BoundMethod(self, "init"), BoundMethod(self, "update"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Stateless(Stage):
+    """A stage that keeps no state: ``init`` gives optax's ``EmptyState``."""
+
+    def init(self, params):
+        return identity_state()
+
+
 def _inject(stage: Stage, state: Any) -> Any:
     """``state`` with the stage's live hyperparameters in its ``hyperparams`` dict."""
     if "hyperparams" not in getattr(state, "_fields", ()):  # not a stage state (a NamedTuple with hyperparams)

@@ -29,17 +29,11 @@ import jax.numpy as jnp
 import optax
 
 from adamfx._src.core import checks
-from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stateless
 
 
 @dataclasses.dataclass(frozen=True)
-class _Stateless(Stage):
-    def init(self, params):
-        return identity_state()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Threshold(_Stateless):
+class _Threshold(Stateless):
     """A stateless stage whose one hyperparameter (a threshold or factor) must be > 0."""
 
     def __post_init__(self):
@@ -56,7 +50,7 @@ class _NormClip(_Threshold):
 
 
 @dataclasses.dataclass(frozen=True)
-class Negate(_Stateless):
+class Negate(Stateless):
     def update(self, updates, state, params=None, **extra_args):
         return jax.tree.map(jnp.negative, updates), state
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stage, Stateless
 from adamfx._src.core.numerics import (
     abs_sq,
     compute_dtype,
@@ -105,10 +105,7 @@ def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None)
 
 
 @dataclasses.dataclass(frozen=True)
-class Center(Stage):
-    def init(self, params):
-        return identity_state()
-
+class Center(Stateless):
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "center")
         if moments.mu is None:

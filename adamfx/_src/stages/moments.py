@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stage, Stateless
 from adamfx._src.core.numerics import (
     compute_dtype,
     increment,
@@ -212,12 +212,9 @@ def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class BiasCorrection(Stage):
+class BiasCorrection(Stateless):
     correct_mu: bool = True
     correct_nu: bool = True
-
-    def init(self, params):
-        return identity_state()
 
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "bias_correction")

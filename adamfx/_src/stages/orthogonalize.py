@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, identity_state
+from adamfx._src.core.base import Stage, Stateless
 from adamfx._src.core.numerics import compute_dtype, dtype_of_kind, scalar_like
 from adamfx._src.stages import eps as eps_vocabulary
 from adamfx._src.stages.moments import Moments, require_moments
@@ -211,10 +211,7 @@ def scale_by_shape(rule: str = "rows/cols", consistent_rms: float | None = None)
 
 
 @dataclasses.dataclass(frozen=True)
-class NesterovLerp(Stage):
-    def init(self, params):
-        return identity_state()
-
+class NesterovLerp(Stateless):
     def update(self, updates, state, params=None, **extra_args):
         moments = require_moments(updates, "nesterov_lerp")
         c = moments.one_minus_b1  # 1 - momentum

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, identity_state
+from adamfx._src.core.base import Stage, Stateless
 from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
 from adamfx._src.storage.protocol import (
     Storage,
@@ -88,10 +88,7 @@ def lion_momentum(b1: float = 0.9, b2: float = 0.99, *, mu_dtype=None):
 
 
 @dataclasses.dataclass(frozen=True)
-class Sign(Stage):
-    def init(self, params):
-        return identity_state()
-
+class Sign(Stateless):
     def update(self, updates, state, params=None, **extra_args):
         return jax.tree.map(jnp.sign, updates), state  # -1, 0, +1 (c / |c| for complex)
 
