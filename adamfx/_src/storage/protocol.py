@@ -157,6 +157,9 @@ class FloatStorage(Storage):
     >>> tx = adamfx.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=adamfx.FloatStorage(jnp.bfloat16, seed=7))
     >>> tx.init({"w": jnp.zeros(3)})[0].nu["w"].dtype
     dtype(bfloat16)
+    >>> ema = adamfx.scale_by_moments(0.9, None, mu_dtype=adamfx.FloatStorage(jnp.bfloat16, seed=7))
+    >>> ema.update({"w": jnp.array([2.5])}, ema.init({"w": jnp.zeros(1)}))[1].mu["w"]  # 0.1 * 2.5, exact in bfloat16
+    Array([0.25], dtype=bfloat16)
     """
 
     dtype: Any = None
