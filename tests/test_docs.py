@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import importlib.util
 import inspect
 import re
@@ -35,6 +36,20 @@ def test_every_public_name_has_a_docstring_of_its_own(name):
     obj = getattr(adamfx, name)
     if inspect.isclass(obj) and obj.__module__.startswith("adamfx"):
         assert "__doc__" in vars(obj) and obj.__doc__, f"adamfx.{name} inherits its docstring"
+
+
+@pytest.mark.parametrize("name", adamfx.__all__)
+def test_every_public_name_has_a_doctest_that_checks_a_value(name):
+    data = apiref.kind(name) == "data"
+    if not data and not getattr(adamfx, name).__module__.startswith("adamfx"):
+        pytest.skip(f"adamfx.{name} is optax's own type (optax documents it)")
+    parser, text = doctest.DocTestParser(), apiref.docstring(name)
+    assert any(example.want.strip() for example in parser.get_examples(text)), f"adamfx.{name}: no checked doctest"
+    if data:  # --doctest-modules does not read the #: comment of a data name: run its doctest here
+        report: list[str] = []
+        runner = doctest.DocTestRunner()
+        runner.run(parser.get_doctest(text, {}, name, None, 0), out=report.append)
+        assert runner.failures == 0, "".join(report)
 
 
 def test_the_guides_are_in_the_table_of_contents():

@@ -30,7 +30,15 @@ from jax.core import Tracer
 
 
 class AdamfxWarning(UserWarning):
-    """The category of every warning adamfx itself gives (e.g. a ``decay`` that looks like a moving-average rate)."""
+    """The category of every warning adamfx itself gives (e.g. a ``decay`` that looks like a moving-average rate).
+
+    >>> import adamfx, warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = adamfx.rmsprop(1e-3, decay=0.9)  # optax's rmsprop(decay=) is adamfx's rho
+    >>> [w.category.__name__ for w in caught]
+    ['AdamfxWarning']
+    """
 
 
 class Range(NamedTuple):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,15 @@ def moment_dtype(dtype) -> jnp.dtype:
 def real_moment_dtype(dtype) -> jnp.dtype:
     """:func:`moment_dtype` of the real dtype (the second moment of a complex parameter is real)."""
     return moment_dtype(real_dtype(dtype))
+
+
+def dtype_of_kind(spec: Any, kind: Any) -> jnp.dtype | None:
+    """``jnp.dtype(spec)`` if ``spec`` names a dtype of ``kind`` (``jnp.floating``, ``jnp.inexact``), else ``None``."""
+    try:
+        dtype = jnp.dtype(spec)
+    except TypeError:
+        return None
+    return dtype if jnp.issubdtype(dtype, kind) else None
 
 
 def abs_sq(x: jax.Array) -> jax.Array:

@@ -179,10 +179,11 @@ def flat_params(params: Any) -> tuple[dict[str, jax.Array], Any]:
 
     >>> import adamfx, jax.numpy as jnp
     >>> flat, unflatten = adamfx.flat_params({"b": jnp.zeros(2), "w": jnp.ones((2, 2))})
-    >>> flat["float32"].shape
-    (6,)
-    >>> unflatten(flat)["w"].shape
-    (2, 2)
+    >>> flat["float32"]  # b, then w, in one buffer per dtype
+    Array([0., 0., 1., 1., 1., 1.], dtype=float32)
+    >>> unflatten(flat)["w"]
+    Array([[1., 1.],
+           [1., 1.]], dtype=float32)
     """
     layout = Layout.of(params)
     return layout.flatten(params, "params"), BoundMethod(layout, "unflatten")

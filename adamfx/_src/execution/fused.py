@@ -189,8 +189,8 @@ def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) ->
     (12,)
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = jax.jit(tx.update)(grads, state, params)
-    >>> updates["w"].shape
-    (3, 3)
+    >>> updates["w"][0]  # Adam's first step, -lr sign(g), as without fused
+    Array([-0.001, -0.001, -0.001], dtype=float32)
     """
     _stages(tx)
     if pack_below is not None:

@@ -166,7 +166,15 @@ def state_shardings(tx, params: Any, *, zero_axis: str | None = None) -> Any:
 
 
 def init_sharded(tx, params: Any, *, zero_axis: str | None = None) -> Any:
-    """``tx.init(params)`` computed under ``jit`` and placed by :func:`state_shardings`."""
+    """``tx.init(params)`` computed under ``jit`` and placed by :func:`state_shardings`.
+
+    >>> import adamfx, jax, jax.numpy as jnp
+    >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    >>> rows = NamedSharding(Mesh(jax.devices()[:2], ("rows",)), PartitionSpec("rows"))
+    >>> state = adamfx.init_sharded(adamfx.adam(), {"w": jax.device_put(jnp.ones((4, 3)), rows)})
+    >>> state[0].mu["w"].sharding.spec, float(jnp.abs(state[0].mu["w"]).sum())  # split like w; zeros, as tx.init gives
+    (P('rows',), 0.0)
+    """
     return jax.jit(tx.init, out_shardings=state_shardings(tx, params, zero_axis=zero_axis))(params)
 
 

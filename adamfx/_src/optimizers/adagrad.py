@@ -77,13 +77,10 @@ def adagrad(
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       nu_dtype: storage of the accumulator (default: the parameter dtype; float32 for float16 params).
 
-    >>> import adamfx
-    >>> tx = adamfx.adagrad(1e-2, convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.adagrad(1e-2, convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -lr g / sqrt(g^2) = -lr sign(g)
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.01, 0.01]
     """
     conv = conventions.lookup(ADAGRAD_CONVENTIONS, convention)

@@ -33,7 +33,16 @@ ADAM_CONVENTIONS = {
 }
 
 #: The conventions (``tuple(adamfx.CONVENTIONS)`` names them), as Adam's rows.
+#:
+#: >>> import adamfx
+#: >>> tuple(adamfx.CONVENTIONS), adamfx.CONVENTIONS["keras"].eps, adamfx.CONVENTIONS["torch"].adamw_weight_decay
+#: (('optax', 'torch', 'keras'), 1e-07, 0.01)
 CONVENTIONS = ADAM_CONVENTIONS
+
+
+def adamw_weight_decay(weight_decay: Any, convention: str) -> Any:
+    """``weight_decay``, or when it is ``None`` the convention's AdamW default (of every "...w" optimizer)."""
+    return conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
 
 
 @checks.porting_aids
@@ -190,16 +199,13 @@ def adamw(
     ``adamw(nesterov=True)``, i.e. ``optax.nadamw``. Other arguments as :func:`adam`
     (optax's ``mask`` is ``weight_decay_mask``); ``cautious=True`` masks the Adam part, not the decay.
 
-    >>> import adamfx
-    >>> tx = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.adamw(1e-3, weight_decay=1e-2, convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -lr (sign(g) + wd p)
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.00101, 0.00099]
     """
-    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    weight_decay = adamw_weight_decay(weight_decay, convention)
     return adam(
         learning_rate,
         b1,
@@ -243,13 +249,10 @@ def amsgrad(
     moment uncorrected (both ``False``: the AMSGrad paper's algorithm); they mean
     the same under every convention. Arguments as :func:`adam`.
 
-    >>> import adamfx
-    >>> tx = adamfx.amsgrad(1e-3, convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.amsgrad(1e-3, convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: max(v_0, v_1) = v_1, so Adam's -lr sign(g)
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.001, 0.001]
     """
     return adam(

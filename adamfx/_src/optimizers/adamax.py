@@ -9,7 +9,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.optimizers.adam import ADAM_CONVENTIONS
+from adamfx._src.optimizers.adam import adamw_weight_decay
 from adamfx._src.stages.moment_forms import infinity_norm
 from adamfx._src.stages.moments import bias_correction, scale_by_moments
 
@@ -73,13 +73,10 @@ def adamax(
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype, nu_dtype: storage of the first moment and of u.
 
-    >>> import adamfx
-    >>> tx = adamfx.adamax(2e-3, convention="keras")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.adamax(2e-3, convention="keras"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -lr m^ / max(0, |g|) = -lr sign(g)
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.002, 0.002]
     """
     conv = conventions.lookup(ADAMAX_CONVENTIONS, convention)
@@ -119,16 +116,13 @@ def adamaxw(
     AdamaxW, and ``"torch"`` gives the same decoupled decay with PyTorch's AdamW
     default 1e-2 (``"keras"``: 4e-3). Other arguments as :func:`adamax`.
 
-    >>> import adamfx
-    >>> tx = adamfx.adamaxw(2e-3, weight_decay=1e-2)
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.adamaxw(2e-3, weight_decay=1e-2), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -lr (sign(g) + wd p)
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.00202, 0.00198]
     """
-    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    weight_decay = adamw_weight_decay(weight_decay, convention)
     return adamax(
         learning_rate,
         b1,

@@ -65,6 +65,12 @@ class MuonSplit(Stage):
 
     Its state is optax's ``PartitionState`` with groups ``"muon"`` and ``"adam"``
     (the ``group=`` of :func:`adamfx.set_hyperparams`).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.muon(0.1)
+    >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    >>> sorted(tx.init(params).inner_states)  # matrices go to "muon", the rest to "adam"
+    ['adam', 'muon']
     """
 
     muon: Stage

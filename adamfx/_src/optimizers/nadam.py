@@ -9,7 +9,7 @@ from optax import ScalarOrSchedule
 from adamfx._src.core import checks
 from adamfx._src.core.base import GradientTransformation
 from adamfx._src.optimizers import conventions
-from adamfx._src.optimizers.adam import ADAM_CONVENTIONS
+from adamfx._src.optimizers.adam import adamw_weight_decay
 from adamfx._src.stages.corrections import nesterov_momentum
 from adamfx._src.stages.moments import bias_correction, normalize, scale_by_moments
 
@@ -85,13 +85,10 @@ def nadam(
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype; float32 for float16 params).
 
-    >>> import adamfx
-    >>> tx = adamfx.nadam(2e-3, convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.nadam(2e-3, convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -lr (mu_2 (1 - b1) / (1 - mu_1 mu_2) + 1) sign(g)
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.002113, 0.002113]
     """
     conv = conventions.lookup(NADAM_CONVENTIONS, convention)
@@ -142,16 +139,13 @@ def nadamw(
     ``weight_decay`` may be a schedule ``count -> weight_decay`` (as in optax).
     Other arguments as :func:`nadam` (``nesterov=False`` is optax's ``nadamw(nesterov=False)``, i.e. ``adamw``).
 
-    >>> import adamfx
-    >>> tx = adamfx.nadamw(1e-3, weight_decay=1e-2, convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.nadamw(1e-3, weight_decay=1e-2, convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: nadam's step (1.0565e-3 sign(g), lr 1e-3) - lr wd p
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.001066, 0.001046]
     """
-    weight_decay = conventions.pick(weight_decay, conventions.lookup(ADAM_CONVENTIONS, convention).adamw_weight_decay)
+    weight_decay = adamw_weight_decay(weight_decay, convention)
     return nadam(
         learning_rate,
         b1,

@@ -107,8 +107,9 @@ def prodigy(
     -1.0000e-06
     """
     conv = conventions.lookup(PRODIGY_CONVENTIONS, convention)
-    conventions.require("prodigy", learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, d0=d0, d_coef=d_coef)
-    conventions.require("prodigy", weight_decay=weight_decay)
+    conventions.require(
+        "prodigy", learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, d0=d0, d_coef=d_coef, weight_decay=weight_decay
+    )
     checks.check_hyperparameter("b3", b3, optional=True)
     if growth_rate is None:
         raise ValueError(f"growth_rate=None is invalid: it must be {checks.HYPERPARAMETERS['growth_rate'].describe()}")

@@ -88,13 +88,10 @@ def radam(
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       mu_dtype, nu_dtype: storage of the moments (default: the parameter dtype; float32 for float16 params).
 
-    >>> import adamfx
-    >>> tx = adamfx.radam(1e-3, convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.radam(1e-3, convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1 (rho_1 < 5) is the momentum step -lr m^ = -lr g
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.0005, 0.002]
     """
     conv = conventions.lookup(RADAM_CONVENTIONS, convention)

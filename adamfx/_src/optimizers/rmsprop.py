@@ -103,13 +103,10 @@ def rmsprop(
       mu_dtype: storage of the gradient average (centered) and the momentum buffer.
       nu_dtype: storage of the second moment.
 
-    >>> import adamfx
-    >>> tx = adamfx.rmsprop(1e-3, centered=True, momentum=0.9, convention="keras")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.rmsprop(1e-3, centered=True, momentum=0.9, convention="keras"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -lr g / sqrt(0.1 g^2 - (0.1 g)^2) = -lr sign(g) / 0.3
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.003333, 0.003333]
     """
     conv = conventions.lookup(RMSPROP_CONVENTIONS, convention)
@@ -208,13 +205,10 @@ def adadelta(
       maximize, clipnorm, clipvalue, global_clipnorm, loss_scale_factor: as :func:`adamfx.sgd`.
       nu_dtype: storage of both averages.
 
-    >>> import adamfx
-    >>> tx = adamfx.adadelta(convention="torch")
-    >>> import jax.numpy as jnp
-    >>> params = {"w": jnp.ones(2), "bias": jnp.ones(2)}
-    >>> grads = {"w": jnp.array([0.5, -2.0]), "bias": jnp.array([0.5, -2.0])}
-    >>> updates, _ = tx.update(grads, tx.init(params), params)
-    >>> [round(float(u), 6) for u in updates["w"]]
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.adadelta(convention="torch"), {"w": jnp.ones(2)}
+    >>> g = jnp.array([0.5, -2.0])  # step 1: -sqrt(eps) g / sqrt(0.1 g^2), eps = 1e-6
+    >>> [round(float(u), 6) for u in tx.update({"w": g}, tx.init(p), p)[0]["w"]]
     [-0.003162, 0.003162]
     """
     conv = conventions.lookup(ADADELTA_CONVENTIONS, convention)

@@ -92,6 +92,12 @@ def scale_by_belief(b1: float = 0.9, b2: float = 0.999, *, eps_root: float = 0.0
     for :func:`bias_correction`, :func:`max_nu`, :func:`normalize` or :func:`rectify`.
     State: ``count``, ``mu``, ``nu`` (= ``s``), hyperparameters ``b1``, ``b2``, ``eps_root``.
     Used by :func:`adamfx.adabelief`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.scale_by_belief(0.5, 0.5)
+    >>> belief, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> belief.mu["w"], belief.nu["w"]  # m = 0.5 * 2, s = 0.5 (2 - 1)^2
+    (Array([1.], dtype=float32), Array([0.5], dtype=float32))
     """
     mu_storage = resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)

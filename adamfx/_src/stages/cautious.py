@@ -53,6 +53,11 @@ def cautious_mask(updates: Any, grads: Any, *, rescale: str = "count", factor: A
 
     The maths of :func:`cautious`, as a plain function on two trees of one structure (for a stage
     whose reference is not the gradient its own input saw).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> u, g = {"w": jnp.array([1.0, -1.0, 2.0, 2.0])}, {"w": jnp.ones(4)}
+    >>> adamfx.cautious_mask(u, g, rescale="mean")["w"]  # kept where u g > 0, divided by their share 3 / 4
+    Array([ 1.3333334, -0.       ,  2.6666667,  2.6666667], dtype=float32)
     """
     checks.check_choice("rescale", rescale, RESCALES)
     return jax.tree.map(lambda u, g: mask_leaf(u, g, factor, rescale), updates, grads)
@@ -110,6 +115,12 @@ def cautious(*transforms: GradientTransformation, rescale: str = "count", factor
     Not elementwise (the rescale sums over each leaf): :func:`adamfx.fused` raises for it.
     State: the inner state and hyperparameter ``cautious_factor``. Used by ``adam``, ``adamw`` and
     ``lion`` with ``cautious=True``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.cautious(adamfx.add_decayed_weights(1.0)), {"w": jnp.array([0.0, -2.0, 0.0, 0.0])}
+    >>> g = {"w": jnp.array([1.0, 1.0, -1.0, 2.0])}
+    >>> tx.update(g, tx.init(p), p)[0]["w"]  # u = g + p = (1, -1, -1, 2): u g > 0 on 3 of 4, scale 4 / (3 + 1)
+    Array([ 1., -0., -1.,  2.], dtype=float32)
     """
     checks.check_choice("rescale", rescale, RESCALES)
     if not transforms:

@@ -29,17 +29,11 @@ import jax.numpy as jnp
 import optax
 
 from adamfx._src.core import checks
-from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stateless
 
 
 @dataclasses.dataclass(frozen=True)
-class _Stateless(Stage):
-    def init(self, params):
-        return identity_state()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Threshold(_Stateless):
+class _Threshold(Stateless):
     """A stateless stage whose one hyperparameter (a threshold or factor) must be > 0."""
 
     def __post_init__(self):
@@ -56,7 +50,7 @@ class _NormClip(_Threshold):
 
 
 @dataclasses.dataclass(frozen=True)
-class Negate(_Stateless):
+class Negate(Stateless):
     def update(self, updates, state, params=None, **extra_args):
         return jax.tree.map(jnp.negative, updates), state
 
@@ -66,6 +60,10 @@ def negate() -> GradientTransformation:
 
     First in a chain, so a coupled weight decay after it still pulls the
     weights towards zero, as in PyTorch. Elementwise, no state.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> adamfx.negate().update({"w": jnp.array([1.0, -2.0])}, adamfx.negate().init(None))[0]["w"]
+    Array([-1.,  2.], dtype=float32)
     """
     return Negate().transform()
 
@@ -83,6 +81,10 @@ def unscale_loss(loss_scale_factor: float) -> GradientTransformation:
 
     Keras multiplies the loss by the factor (``optimizer.scale_loss``) and divides
     the gradients by it before anything else. Elementwise, no state.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> adamfx.unscale_loss(4.0).update({"w": jnp.array([2.0, -8.0])}, adamfx.unscale_loss(4.0).init(None))[0]["w"]
+    Array([ 0.5, -2. ], dtype=float32)
     """
     return UnscaleLoss(loss_scale_factor).transform()
 
@@ -100,6 +102,11 @@ def clip_by_value(clipvalue: float) -> GradientTransformation:
 
     The same maths as ``optax.clip``, as an adamfx stage (so :func:`adamfx.fused`
     accepts it). No state.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.clip_by_value(1.0)
+    >>> tx.update({"w": jnp.array([-3.0, 0.5, 2.0])}, tx.init(None))[0]["w"]
+    Array([-1. ,  0.5,  1. ], dtype=float32)
     """
     return ClipByValue(clipvalue).transform()
 
@@ -126,6 +133,11 @@ def clip_by_norm_per_leaf(clipnorm: float) -> GradientTransformation:
     two agree only for a single leaf). Not elementwise (each leaf's norm), so
     :func:`adamfx.fused` refuses it: chain it in front of the fused optimizer instead.
     No state.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.clip_by_norm_per_leaf(2.5)
+    >>> tx.update({"a": jnp.array([3.0]), "b": jnp.array([1.0])}, tx.init(None))[0]  # a: 3 * 2.5 / 3; b kept
+    {'a': Array([2.5], dtype=float32), 'b': Array([1.], dtype=float32)}
     """
     return ClipByNormPerLeaf(clipnorm).transform()
 
@@ -144,6 +156,11 @@ def clip_by_global_norm(global_clipnorm: float) -> GradientTransformation:
     ``optax.clip_by_global_norm``'s maths as an adamfx stage. Not elementwise:
     :func:`adamfx.fused` refuses it (chain ``optax.clip_by_global_norm`` in
     front of the fused optimizer instead). No state.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.clip_by_global_norm(2.5)
+    >>> tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))[0]  # ||(3, 4)|| = 5: all x 0.5
+    {'a': Array([1.5], dtype=float32), 'b': Array([2.], dtype=float32)}
     """
     return ClipByGlobalNorm(global_clipnorm).transform()
 

@@ -82,6 +82,12 @@ def nesterov_momentum(momentum_decay: float | None = 4e-3) -> GradientTransforma
     (like PyTorch and Keras, it keeps the history if ``b1`` changes; unused with constant ``b1``),
     hyperparameter ``momentum_decay``. Used by :func:`adamfx.nadam`, and by
     :func:`adamfx.radam` with ``nesterov=True``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, 0.5), adamfx.nesterov_momentum(None))
+    >>> ahead, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))  # m_1 = 1
+    >>> ahead.mu["w"], ahead.nu["w"]  # 0.5 * 1 / (1 - 0.5^2) + 0.5 * 2 / (1 - 0.5), and v^ = 2 / (1 - 0.5)
+    (Array([2.6666667], dtype=float32), Array([4.], dtype=float32))
     """
     return NesterovMomentum(momentum_decay).transform()
 
@@ -165,5 +171,10 @@ def rectify(
     ``eps``, ``eps_root`` and ``eps_placement`` as :func:`normalize` (PyTorch adds eps
     to the raw ``sqrt(v)``: ``eps_placement="outside_raw"``). PyTorch takes ``rho_t > 5``,
     optax ``rho_t >= threshold`` (5). State: ``eps``, ``eps_root``, ``threshold``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.9, 0.999), adamfx.bias_correction(), adamfx.rectify())
+    >>> tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))[0]["w"].round(5)  # rho_1 = 1 < 5: m^_1 = g
+    Array([2.], dtype=float32)
     """
     return Rectify(eps, eps_root, eps_placement, threshold, bool(inclusive), bool(degenerate_to_sgd)).transform()

@@ -54,6 +54,11 @@ def decay_first(
     State: ``(weight decay state, learning-rate state, inner state)``; the
     learning-rate copy is named ``learning_rate`` like the inner one, so
     ``set_hyperparams(learning_rate=...)`` changes both.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.decay_first(adamfx.trust_ratio(), 0.5, learning_rate=0.2), {"w": jnp.array([3.0, 4.0])}
+    >>> tx.update({"w": jnp.array([1.0, 0.0])}, tx.init(p), p)[0]["w"]  # ||p - 0.2 * 0.5 p|| (1, 0) - 0.1 p
+    Array([ 4.2, -0.4], dtype=float32)
     """
     return DecayFirst(
         require_stage(add_decayed_weights(weight_decay, mask)),

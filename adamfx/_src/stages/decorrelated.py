@@ -52,10 +52,6 @@ class _OneMoment(Stage):
 
     storage: Storage
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def _start(self, params, dtype_of, **hyperparams):
         return StoredMomentState(jnp.zeros([], jnp.int32), init_stored(self.storage, params, dtype_of), hyperparams)
 
@@ -108,12 +104,23 @@ def normalize_by_previous(b2: float = 0.9999, eps: float = 1e-6, *, nu_dtype=Non
     ``nu_dtype`` (any storage, ``"factored"`` included). Parameter-shaped in and
     out. State: ``count``, ``moment`` (= v), hyperparameters ``b2``, ``eps``.
     Used by :func:`adamfx.adopt`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.normalize_by_previous()
+    >>> n, state = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> n["w"], tx.update({"w": jnp.array([3.0])}, state)[0]["w"]  # 0, then 3 / sqrt(v_1) with v_1 = 2^2
+    (Array([0.], dtype=float32), Array([1.5], dtype=float32))
     """
     return NormalizeByPrevious(resolve_storage(nu_dtype, "nu_dtype", nonnegative=True), b2, eps).transform()
 
 
 def quarter_power(step: jax.Array) -> jax.Array:
-    """ADOPT's clipping schedule ``c(step) = step ** 0.25`` (both peers' default)."""
+    """ADOPT's clipping schedule ``c(step) = step ** 0.25`` (both peers' default).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> adamfx.quarter_power(jnp.array(16.0))
+    Array(2., dtype=float32, weak_type=True)
+    """
     return step**0.25
 
 
@@ -147,6 +154,12 @@ def clip_by_step(clip_value_fn: Callable[[jax.Array], Any] = quarter_power, *, f
     ``ADOPT`` the step number itself (``first_index=1``). The function is part of
     the stage's value: pass the same function object to build equal optimizers.
     State: ``count``. Used by :func:`adamfx.adopt`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.clip_by_step(first_index=1)  # step t clips to t ** 0.25
+    >>> u, state = tx.update({"w": jnp.array([-3.0, 0.5])}, tx.init(None))
+    >>> u["w"], tx.update({"w": jnp.array([-3.0, 0.5])}, state)[0]["w"]  # c = 1, then 2 ** 0.25
+    (Array([-1. ,  0.5], dtype=float32), Array([-1.1892071,  0.5      ], dtype=float32))
     """
     if not callable(clip_value_fn):
         raise ValueError(f"clip_value_fn={clip_value_fn!r} is invalid: it must be a callable step -> clip value.")
@@ -180,5 +193,11 @@ def moving_average(b1: float = 0.9, *, nesterov: bool = False, mu_dtype=None):
     Emits ``m_t``, or with ``nesterov=True`` the look-ahead ``b1 m_t + (1 - b1) u_t``
     (optax's ``adopt(nesterov=True)``). Stored as ``mu_dtype``. State: ``count``,
     ``moment`` (= m), hyperparameter ``b1``. Used by :func:`adamfx.adopt`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> plain, ahead = adamfx.moving_average(0.5), adamfx.moving_average(0.5, nesterov=True)
+    >>> g = {"w": jnp.array([2.0])}
+    >>> plain.update(g, plain.init(g))[0]["w"], ahead.update(g, ahead.init(g))[0]["w"]  # 0.5 * 2; 0.5 * 1 + 0.5 * 2
+    (Array([1.], dtype=float32), Array([1.5], dtype=float32))
     """
     return MovingAverage(resolve_storage(mu_dtype, "mu_dtype"), b1, bool(nesterov)).transform()

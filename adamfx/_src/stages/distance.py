@@ -201,6 +201,12 @@ def distance_estimate(
     State: ``count``, ``mu``, ``nu`` (stored as ``mu_dtype`` / ``nu_dtype``),
     ``s``, ``p0``, ``d``, ``d_max``, ``numerator`` and the hyperparameters (not ``growth_rate``,
     fixed with the recipe like ``safeguard_warmup``: its default, inf, is no number to keep).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.chain(adamfx.distance_estimate(), adamfx.lr_decay(1.0)), {"w": jnp.ones(2)}
+    >>> updates, state = tx.update({"w": jnp.array([1.0, -3.0])}, tx.init(p), p)
+    >>> (updates["w"] / 1e-6).round(4), round(float(state[0].d), 12)  # the first step is -d0 sign(g); d = d0
+    (Array([-1.,  1.], dtype=float32), 1e-06)
     """
     if growth_rate is not None and checks.is_concrete(growth_rate) and float(growth_rate) == float("inf"):
         growth_rate = None

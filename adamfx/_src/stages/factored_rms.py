@@ -117,5 +117,11 @@ def scale_by_factored_rms(
     and column means (:class:`adamfx.FactoredStorage`); the others the full
     moment. State: ``count``, ``nu`` (a :class:`adamfx.Factored`), hyperparameters
     ``decay_rate`` and ``eps``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, g = adamfx.scale_by_factored_rms(eps=0.0), {"w": jnp.array([[1.0, -2.0], [2.0, -4.0]])}
+    >>> tx.update(g, tx.init(g))[0]["w"].round(5)  # |g|^2 is rank one: its factored form is exact, u = g / |g|
+    Array([[ 1., -1.],
+           [ 1., -1.]], dtype=float32)
     """
     return ScaleByFactoredRms(decay_rate, eps, eps_placement, FactoredStorage(min_dim_size)).transform()

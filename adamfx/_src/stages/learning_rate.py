@@ -58,5 +58,11 @@ def lr_decay(learning_rate: ScalarOrSchedule = 1e-3, decay: float = 0.0) -> Grad
     decay, applied on top of the schedule; the first step is undecayed.
     State: ``count``, the ``learning_rate`` applied at the last step, and the
     hyperparameters ``learning_rate`` (numbers only) and ``decay``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.lr_decay(0.5, decay=1.0)
+    >>> u, state = tx.update({"w": jnp.array([2.0])}, tx.init(None))
+    >>> u["w"], tx.update({"w": jnp.array([2.0])}, state)[0]["w"]  # -0.5 g, then -0.5 g / (1 + 1)
+    (Array([-1.], dtype=float32), Array([-0.5], dtype=float32))
     """
     return LrDecay(learning_rate, decay).transform()

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stage, Stateless
 from adamfx._src.core.numerics import (
     abs_sq,
     compute_dtype,
@@ -49,10 +49,6 @@ class _StoredMoment:
     """Mixin for a stage that keeps one moment in ``self.storage``: as elementwise as its storage."""
 
     storage: Storage  # a field of each dataclass that mixes this in
-
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
 
     def _conform(self, tree, stored, what: str):
         """``tree`` checked against the stored moment, in the state's dtypes (see :func:`checks.conform`)."""
@@ -98,16 +94,18 @@ def accumulate_squares(initial_accumulator_value: float = 0.0, *, nu_dtype=None)
     Emits a :class:`Moments` with ``nu = v_t`` and no first moment, for
     :func:`normalize` (there is no bias to correct). State: ``count``, ``nu``
     (stored as ``nu_dtype``). Used by :func:`adamfx.adagrad`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.accumulate_squares(1.0)
+    >>> tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))[0].nu["w"]  # 1 + 2^2
+    Array([5.], dtype=float32)
     """
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     return AccumulateSquares(initial_accumulator_value, storage).transform()
 
 
 @dataclasses.dataclass(frozen=True)
-class Center(Stage):
-    def init(self, params):
-        return identity_state()
-
+class Center(Stateless):
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "center")
         if moments.mu is None:
@@ -123,6 +121,12 @@ def center() -> GradientTransformation:
 
     :func:`normalize` then divides the gradient itself by the root of the
     variance. No state. Used by :func:`adamfx.rmsprop` with ``centered=True``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, 0.5), adamfx.center())
+    >>> centered, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> centered.nu["w"], centered.mu  # v - m^2 = 0.5 * 4 - (0.5 * 2)^2
+    (Array([1.], dtype=float32), None)
     """
     return Center().transform()
 
@@ -182,6 +186,11 @@ def infinity_norm(
     Consumes the (bias-corrected) first moment of a :class:`Moments`; emits
     parameter-shaped updates. State: ``nu`` (u, stored as ``nu_dtype``),
     hyperparameters ``b2``, ``eps``. Used by :func:`adamfx.adamax`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, None), adamfx.bias_correction(), adamfx.infinity_norm(0.5, 0.0))
+    >>> tx.update({"w": jnp.array([2.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))[0]["w"]  # m^ / max(0, |g|)
+    Array([ 1., -1.], dtype=float32)
     """
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     check_keeps_elements(storage, "nu_dtype", nu_dtype, "infinity_norm", "a running maximum")
@@ -237,5 +246,11 @@ def update_rms(rho: float = 0.9, eps: float = 1e-6, *, nu_dtype=None) -> Gradien
     moves Adadelta's one eps in both.
     State: ``count``, ``delta_sq`` (``w``, stored as ``nu_dtype``), hyperparameters ``rho``,
     ``eps``. Used by :func:`adamfx.adadelta`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.update_rms(0.5, eps=1e-4)
+    >>> d, state = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> d["w"], state.delta_sq["w"]  # sqrt(0 + 1e-4) 2, then w = 0.5 d^2
+    (Array([0.02], dtype=float32), Array([0.0002], dtype=float32))
     """
     return UpdateRms(rho, eps, resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)).transform()

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import GradientTransformation, Stage, identity_state
+from adamfx._src.core.base import GradientTransformation, Stage, Stateless
 from adamfx._src.core.numerics import (
     compute_dtype,
     increment,
@@ -59,6 +59,12 @@ class Moments(NamedTuple):
         ``float32(0.999)`` is off by 1.3e-5 relative in ``1 - b2``).
       nu_correction: the factor ``nu`` was divided by (1 - b2^t after
         ``bias_correction``, else 1); lets ``normalize`` place eps on the raw root.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.scale_by_moments(0.5, 0.75)
+    >>> moments, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> int(moments.count), float(moments.one_minus_b1), float(moments.one_minus_b2), moments.grad["w"]
+    (1, 0.5, 0.25, Array([2.], dtype=float32))
     """
 
     grad: Any
@@ -188,6 +194,12 @@ def scale_by_moments(
     Adadelta call their rate ``rho``); one name for both makes them a single
     hyperparameter. ``initial_nu`` is ``v_0`` (optax ``rmsprop``'s ``initial_scale``; ``m_0`` is 0).
     Used by :func:`adamfx.adam` and its relatives.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.scale_by_moments(0.5, 0.75)
+    >>> moments, state = tx.update({"w": jnp.array([2.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))
+    >>> moments.mu["w"], state.nu["w"]  # (1 - 0.5) g, (1 - 0.75) g^2
+    (Array([ 1., -2.], dtype=float32), Array([1., 4.], dtype=float32))
     """
     mu_storage = None if b1 is None else resolve_storage(mu_dtype, "mu_dtype")
     nu_storage = None if b2 is None else resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
@@ -200,12 +212,9 @@ def one_minus_power(one_minus_b: jax.Array, t: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class BiasCorrection(Stage):
+class BiasCorrection(Stateless):
     correct_mu: bool = True
     correct_nu: bool = True
-
-    def init(self, params):
-        return identity_state()
 
     def update(self, moments, state, params=None, **extra_args):
         moments = require_moments(moments, "bias_correction")
@@ -243,6 +252,12 @@ def bias_correction(*, mu: bool = True, nu: bool = True) -> GradientTransformati
     ``b1``, ``b2`` and ``t`` come from the :class:`Moments` it corrects, so they
     cannot disagree with the moments stage (and ``set_hyperparams(b1=...)``
     changes one place). No state. Used by Adam, AMSGrad, Adamax, RAdam.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, 0.75), adamfx.bias_correction())
+    >>> corrected, _ = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> corrected.mu["w"], corrected.nu["w"].round(5)  # (0.5 * 2) / (1 - 0.5), (0.25 * 4) / (1 - 0.75)
+    (Array([2.], dtype=float32), Array([4.], dtype=float32))
     """
     return BiasCorrection(bool(mu), bool(nu)).transform()
 
@@ -297,6 +312,11 @@ def normalize(
     (meta-learning), give ``eps_root > 0`` (optax's advice): ``sqrt`` has no
     derivative at ``v = 0``.
     Emits parameter-shaped updates in the gradient's dtype. State: ``eps``, ``eps_root``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, 0.5), adamfx.normalize(0.0))
+    >>> tx.update({"w": jnp.array([2.0, -4.0])}, tx.init({"w": jnp.zeros(2)}))[0]["w"]  # (1, -2) / sqrt((2, 8))
+    Array([ 0.70710677, -0.70710677], dtype=float32)
     """
     return Normalize(eps, eps_root, eps_placement).transform()
 
@@ -308,10 +328,6 @@ class MaxNuState(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class MaxNu(Stage):
     storage: Storage
-
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
 
     def init(self, params):
         return MaxNuState(init_stored(self.storage, params, real_moment_dtype))
@@ -333,6 +349,12 @@ def max_nu(*, nu_dtype=None) -> GradientTransformation:
 
     Placed before :func:`bias_correction` it maxes the raw ``v`` (PyTorch, Keras);
     after it, the corrected ``v^`` (optax). State: ``nu_max``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, 0.5), adamfx.max_nu())
+    >>> state = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))[1]  # v_1 = 2
+    >>> tx.update({"w": jnp.array([0.0])}, state)[0].nu["w"]  # v_2 = 1, the maximum stays 2
+    Array([2.], dtype=float32)
     """
     storage = resolve_storage(nu_dtype, "nu_dtype", nonnegative=True)
     check_keeps_elements(storage, "nu_dtype", nu_dtype, "max_nu", "a running maximum")

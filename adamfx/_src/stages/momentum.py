@@ -52,10 +52,6 @@ class Trace(Stage):
                 f"dampening={dampening!r}."
             )
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         return TraceState(
             count=jnp.zeros([], jnp.int32),
@@ -94,5 +90,11 @@ def trace(
     Keras do). State: ``count``, ``trace`` (stored as ``mu_dtype``, default the
     parameter dtype), hyperparameters ``momentum``, ``dampening``. Used by
     :func:`adamfx.sgd` and :func:`adamfx.rmsprop`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.trace(0.5)
+    >>> b, state = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> b["w"], tx.update({"w": jnp.array([2.0])}, state)[0]["w"]  # b_1 = u_1, b_2 = 0.5 b_1 + u_2
+    (Array([2.], dtype=float32), Array([3.], dtype=float32))
     """
     return Trace(momentum, dampening, bool(nesterov), resolve_storage(mu_dtype, "mu_dtype")).transform()

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, identity_state
-from adamfx._src.core.numerics import compute_dtype, scalar_like
+from adamfx._src.core.base import Stage, Stateless
+from adamfx._src.core.numerics import compute_dtype, dtype_of_kind, scalar_like
 from adamfx._src.stages import eps as eps_vocabulary
 from adamfx._src.stages.moments import Moments, require_moments
 
@@ -135,6 +135,12 @@ def orthogonalize(
     ``ns_steps`` are fixed at construction (the loop is unrolled; a traced ``ns_steps``, as
     ``optax.inject_hyperparams`` passes, runs as a ``fori_loop``). State: ``eps``.
     Not elementwise. Used by :func:`adamfx.muon`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.orthogonalize((1.5, -0.5, 0.0), ns_steps=30)  # the cubic iteration converges to U V^T
+    >>> tx.update({"w": jnp.array([[3.0, 0.0], [0.0, 4.0]])}, tx.init(None))[0]["w"].round(4)  # U V^T of diag(3, 4)
+    Array([[1., 0.],
+           [0., 1.]], dtype=float32)
     """
     coefficients = tuple(ns_coefficients) if isinstance(ns_coefficients, (tuple, list)) else ()
     if len(coefficients) != 3 or not all(checks.is_concrete(c) and math.isfinite(c) for c in coefficients):
@@ -144,11 +150,8 @@ def orthogonalize(
     traced = traced and jnp.issubdtype(jnp.result_type(ns_steps), jnp.integer)
     if not traced and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
         raise ValueError(f"ns_steps={ns_steps!r} is invalid: it must be an int >= 1.")
-    try:
-        dtype = jnp.dtype(ns_dtype)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    dtype = dtype_of_kind(ns_dtype, jnp.floating)
+    if dtype is None:
         raise ValueError(f"ns_dtype={ns_dtype!r} is invalid: it must be a real JAX float dtype (jnp.float32, ...).")
     a, b, c = (float(c) for c in coefficients)
     return NewtonSchulz((a, b, c), ns_steps, eps, eps_placement, dtype.name).transform()
@@ -197,16 +200,18 @@ def scale_by_shape(rule: str = "rows/cols", consistent_rms: float | None = None)
     ``rms_rate=None``). A number: ``consistent_rms * sqrt(max(rows, cols))``, the update
     RMS of AdamW (Liu et al., 2025; 0.2 is PyTorch's ``"match_rms_adamw"`` and
     Keras's ``rms_rate``). State: ``consistent_rms`` (when a number).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.scale_by_shape()
+    >>> tx.update({"w": jnp.ones((4, 1))}, tx.init(None))[0]["w"].ravel()  # sqrt(max(1, 4 / 1))
+    Array([2., 2., 2., 2.], dtype=float32)
     """
     checks.check_choice("rule", rule, SHAPE_RULES)
     return ScaleByShape(rule, consistent_rms).transform()
 
 
 @dataclasses.dataclass(frozen=True)
-class NesterovLerp(Stage):
-    def init(self, params):
-        return identity_state()
-
+class NesterovLerp(Stateless):
     def update(self, updates, state, params=None, **extra_args):
         moments = require_moments(updates, "nesterov_lerp")
         c = moments.one_minus_b1  # 1 - momentum
@@ -223,5 +228,10 @@ def nesterov_lerp():
 
     ``mu`` is the moments stage's rate (``1 - one_minus_b1`` of the :class:`adamfx.Moments`),
     without bias correction (optax's corrected form is :func:`adamfx.nesterov_momentum`). No state.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, None), adamfx.nesterov_lerp())
+    >>> tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))[0].mu["w"]  # m = 1: 0.5 * 1 + 0.5 * 2
+    Array([1.5], dtype=float32)
     """
     return NesterovLerp().transform()

@@ -84,5 +84,10 @@ def relative_step_size(
     the ``max(eps_scale, RMS(p))`` factor. No sign flip. State: ``count``, the
     ``rho_t`` of the last step (``learning_rate``), hyperparameters
     ``learning_rate`` (a number), ``decay``, ``eps_scale``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.relative_step_size(0.01), {"w": jnp.array([2.0, -2.0])}
+    >>> tx.update({"w": jnp.ones(2)}, tx.init(p), p)[0]["w"]  # max(1e-3, RMS(p) = 2) min(0.01, 1 / sqrt(1))
+    Array([0.02, 0.02], dtype=float32)
     """
     return RelativeStepSize(learning_rate, decay, bool(relative), bool(parameter_scale), eps_scale).transform()

@@ -36,6 +36,16 @@ from adamfx._src.storage.protocol import FloatStorage, Storage, map_stored, reso
 
 
 class ScheduleFreeState(NamedTuple):
+    """The state of :func:`adamfx.schedule_free`: the iterate ``z`` and the running averaging weights.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.schedule_free(1.0, 0.9)
+    >>> params = {"w": jnp.ones(1)}
+    >>> state = tx.update({"w": jnp.ones(1)}, tx.init(params), params)[1]
+    >>> int(state.count), state.z["w"], float(state.weight_sum)  # z_1 = z_0 - lr g = 1 - 1
+    (1, Array([0.], dtype=float32), 1.0)
+    """
+
     count: jax.Array  # steps taken (t - 1 during step t)
     z: Any  # the base optimizer's iterate, kept in its storage (a float dtype)
     lr_max: jax.Array  # max of the averaging learning rates so far
@@ -143,6 +153,11 @@ def schedule_free(
     ``lr_max``, ``weight_sum``, the applied ``learning_rate``, and the
     hyperparameters ``learning_rate``, ``decay``, ``b1``, ``warmup_steps``, ``weight_lr_power``.
     Used by :func:`adamfx.schedule_free_adamw` and :func:`adamfx.schedule_free_sgd`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.schedule_free(1.0, 0.9), {"w": jnp.ones(1)}
+    >>> tx.update({"w": jnp.array([0.5])}, tx.init(p), p)[0]["w"]  # z = x = 1 - 0.5, y = 0.1 z + 0.9 x: y - p
+    Array([-0.5], dtype=float32)
     """
     storage = resolve_storage(z_dtype, "z_dtype")
     return ScheduleFree(

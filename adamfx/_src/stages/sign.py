@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from adamfx._src.core import checks
 from adamfx._src.core import hyperparams as hp
-from adamfx._src.core.base import Stage, identity_state
+from adamfx._src.core.base import Stage, Stateless
 from adamfx._src.core.numerics import compute_dtype, increment, moment_dtype, scalar_like
 from adamfx._src.storage.protocol import (
     Storage,
@@ -45,10 +45,6 @@ class LionMomentum(Stage):
     b1: float
     b2: float
     storage: Storage
-
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
 
     def init(self, params):
         return LionMomentumState(
@@ -81,19 +77,27 @@ def lion_momentum(b1: float = 0.9, b2: float = 0.99, *, mu_dtype=None):
     ``m`` is stored as ``mu_dtype`` (a float dtype, rounded stochastically when narrower; ``"int8"``; a
     :class:`adamfx.Storage`), computed in at least float32. State: ``count``, ``mu``, hyperparameters
     ``b1``, ``b2``. Used by :func:`adamfx.lion` (followed by :func:`sign`).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.lion_momentum(0.5, 0.75)
+    >>> c, state = tx.update({"w": jnp.array([4.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> c["w"], state.mu["w"]  # c = (1 - 0.5) 4 emitted, m = (1 - 0.75) 4 kept
+    (Array([2.], dtype=float32), Array([1.], dtype=float32))
     """
     return LionMomentum(b1, b2, resolve_storage(mu_dtype, "mu_dtype")).transform()
 
 
 @dataclasses.dataclass(frozen=True)
-class Sign(Stage):
-    def init(self, params):
-        return identity_state()
-
+class Sign(Stateless):
     def update(self, updates, state, params=None, **extra_args):
         return jax.tree.map(jnp.sign, updates), state  # -1, 0, +1 (c / |c| for complex)
 
 
 def sign():
-    """``u <- sign(u)`` elementwise (0 stays 0; ``u / |u|`` for complex). No state. Used by :func:`adamfx.lion`."""
+    """``u <- sign(u)`` elementwise (0 stays 0; ``u / |u|`` for complex). No state. Used by :func:`adamfx.lion`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> adamfx.sign().update({"w": jnp.array([-2.0, 0.0, 3.0])}, adamfx.sign().init(None))[0]["w"]
+    Array([-1.,  0.,  1.], dtype=float32)
+    """
     return Sign().transform()

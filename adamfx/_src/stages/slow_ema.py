@@ -69,10 +69,6 @@ class SlowEma(Stage):
     storage: Storage
     first_index: int  # the warmup index s of the first step: 0 (optax's schedules read the count) or 1
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         warmups = {"alpha_warmup": self.alpha_warmup, "b3_warmup": self.b3_warmup}
         values = {"alpha": self.alpha, **{name: value for name, value in warmups.items() if value is not None}}
@@ -118,6 +114,11 @@ def slow_ema(
     the b3 scheduler starts from ``b1``, which it reads from the :class:`Moments`.
     State: ``m2`` (stored as ``mu_dtype``), hyperparameters ``b3``, ``alpha``,
     ``alpha_warmup``, ``b3_warmup``. Used by :func:`adamfx.ademamix`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.chain(adamfx.scale_by_moments(0.5, 0.5), adamfx.bias_correction(), adamfx.slow_ema(0.5, 2.0))
+    >>> tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))[0].mu["w"]  # m^ = 2, m2 = 0.5 * 2: 2 + 2 m2
+    Array([4.], dtype=float32)
     """
     storage = resolve_storage(mu_dtype, "mu_dtype")
     return SlowEma(b3, alpha, alpha_warmup, b3_warmup, storage, int(first_index)).transform()

@@ -70,5 +70,10 @@ def trust_ratio(*, after: GradientTransformation | None = None):
     ``after=decoupled_weight_decay(wd, lr)`` so that ``||p||`` is taken after the decay, as Keras does).
     State: the state of ``after`` (which holds its own copy of the learning rate, changed together by
     :func:`adamfx.set_hyperparams`). Used by :func:`adamfx.lamb`.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.trust_ratio(), {"w": jnp.array([3.0, 4.0])}
+    >>> tx.update({"w": jnp.array([0.5, 0.0])}, tx.init(p), p)[0]["w"]  # u ||p|| / ||u|| = u 5 / 0.5
+    Array([5., 0.], dtype=float32)
     """
     return TrustRatio(after).transform()

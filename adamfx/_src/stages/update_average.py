@@ -33,10 +33,6 @@ class UpdateEma(Stage):
     momentum: float
     storage: Storage
 
-    @property
-    def elementwise(self) -> bool:
-        return self.storage.elementwise
-
     def init(self, params):
         return UpdateEmaState(
             jnp.zeros([], jnp.int32),
@@ -63,5 +59,11 @@ def ema_of_updates(momentum: float = 0.9, *, mu_dtype: Any = None) -> GradientTr
 
     State: ``count``, ``mu`` (stored as ``mu_dtype``, default the parameter dtype),
     hyperparameter ``momentum``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.ema_of_updates(0.5)
+    >>> m, state = tx.update({"w": jnp.array([2.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> m["w"], tx.update({"w": jnp.array([2.0])}, state)[0]["w"]  # 0.5 * 2, then 0.5 * 1 + 0.5 * 2
+    (Array([1.], dtype=float32), Array([1.5], dtype=float32))
     """
     return UpdateEma(momentum, resolve_storage(mu_dtype, "mu_dtype")).transform()

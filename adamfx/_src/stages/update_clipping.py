@@ -56,5 +56,10 @@ def clip_by_block_rms(clipping_threshold: float = 1.0) -> GradientTransformation
     """Divides each leaf's update by ``max(1, RMS(u) / clipping_threshold)`` (``clipping_threshold >= 1``).
 
     State: hyperparameter ``clipping_threshold``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.clip_by_block_rms(1.0)
+    >>> tx.update({"w": jnp.array([2.0, -2.0]), "b": jnp.array([0.5])}, tx.init(None))[0]  # RMS 2 -> / 2; 0.5 kept
+    {'b': Array([0.5], dtype=float32), 'w': Array([ 1., -1.], dtype=float32)}
     """
     return ClipByBlockRms(clipping_threshold).transform()

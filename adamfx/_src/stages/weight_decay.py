@@ -83,6 +83,11 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: Any = None) 
     bools shaped like the params, or a callable ``params -> mask``; a mask whose
     structure does not match raises ``ValueError`` at ``init``. State:
     hyperparameter ``weight_decay`` (a number), or the step ``count`` (a schedule).
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.add_decayed_weights(0.1), {"w": jnp.array([1.0, -2.0])}
+    >>> tx.update({"w": jnp.ones(2)}, tx.init(p), p)[0]["w"]  # u + 0.1 p
+    Array([1.1, 0.8], dtype=float32)
     """
     return AddDecayedWeights(weight_decay, frozen.freeze(mask)).transform()
 
@@ -117,6 +122,11 @@ def decoupled_weight_decay(
     the same ``lr_t`` (schedule and legacy ``decay``) itself. Its state holds
     the states of :func:`add_decayed_weights` and :func:`lr_decay`, so
     ``set_hyperparams(learning_rate=...)`` changes both copies together.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, p = adamfx.decoupled_weight_decay(0.5, learning_rate=0.1), {"w": jnp.array([2.0, -4.0])}
+    >>> tx.update({"w": jnp.ones(2)}, tx.init(p), p)[0]["w"]  # u - 0.1 * 0.5 p
+    Array([0.9, 1.2], dtype=float32)
     """
     return DecoupledWeightDecay(
         require_stage(add_decayed_weights(weight_decay, mask)), require_stage(lr_decay(learning_rate, decay))

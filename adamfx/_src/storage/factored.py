@@ -164,6 +164,11 @@ class FactoredStorage(Storage):
     >>> nu = state[0].nu
     >>> nu.row["w"].shape, nu.col["w"].shape, nu.full["b"].shape
     ((300,), (200,), (200,))
+    >>> tx, g = adamfx.scale_by_moments(None, 0.5, nu_dtype="factored"), {"w": jnp.array([[1.0, 2.0], [2.0, 4.0]])}
+    >>> moments, state = tx.update(g, tx.init(g))  # v = 0.5 g^2 = [[0.5, 2], [2, 8]], of rank one
+    >>> state.nu.row["w"], moments.nu["w"].round(5)  # row means; row col^T / mean(row) gives v back
+    (Array([1.25, 5.  ], dtype=float32), Array([[0.5, 2. ],
+           [2. , 8. ]], dtype=float32))
     """
 
     min_dim_size: int = 2

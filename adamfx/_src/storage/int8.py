@@ -339,6 +339,10 @@ class Int8Storage(Storage):
     >>> state = tx.init({"w": jnp.zeros((64, 128)), "b": jnp.zeros(64)})
     >>> state[0].mu.codes["w"].dtype, state[0].nu.scale["w"].shape, state[0].mu.codes["b"].dtype
     (dtype('uint8'), (64, 1), dtype('float32'))
+    >>> ema = adamfx.scale_by_moments(0.9, None, mu_dtype=adamfx.Int8Storage(block_size=4, min_size=1))
+    >>> m, kept = ema.update({"w": jnp.array([2.0, -1.0, 0.5, 0.0])}, ema.init({"w": jnp.zeros(4)}))
+    >>> m.mu["w"], kept.mu.scale["w"]  # 0.1 g, decoded: 1, -1/2 and 1/4 of the block maximum are codes
+    (Array([ 0.2 , -0.1 ,  0.05,  0.  ], dtype=float32), Array([0.2], dtype=float32))
     """
 
     block_size: int = 256

@@ -70,7 +70,7 @@ from typing import Any, ClassVar, cast
 import jax
 import jax.numpy as jnp
 
-from adamfx._src.core.numerics import abs_sq, compute_dtype, moment_dtype
+from adamfx._src.core.numerics import abs_sq, compute_dtype, dtype_of_kind, moment_dtype
 from adamfx._src.storage.rounding import StepKey, check_rounding_and_seed, step_word, stochastic_round
 
 
@@ -81,6 +81,18 @@ class Storage:
     Subclasses are frozen dataclasses and implement :meth:`encode` and
     :meth:`decode`; the other operations have defaults in terms of those two.
     See the module docstring for the protocol.
+
+    >>> import dataclasses, adamfx, jax.numpy as jnp
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Halved(adamfx.Storage):  # a toy: keeps m / 2
+    ...     def encode(self, value, *, default_dtype, key=None):
+    ...         return (value / 2).astype(default_dtype)
+    ...     def decode(self, stored, *, dtype):
+    ...         return (2 * stored).astype(dtype)
+    >>> tx = adamfx.scale_by_moments(0.5, None, mu_dtype=Halved())
+    >>> moments, state = tx.update({"w": jnp.array([4.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> moments.mu["w"], state.mu["w"]  # m = (1 - 0.5) 4, kept as m / 2
+    (Array([2.], dtype=float32), Array([1.], dtype=float32))
     """
 
     elementwise: ClassVar[bool] = True
@@ -145,6 +157,9 @@ class FloatStorage(Storage):
     >>> tx = adamfx.adam(1e-3, mu_dtype=jnp.bfloat16, nu_dtype=adamfx.FloatStorage(jnp.bfloat16, seed=7))
     >>> tx.init({"w": jnp.zeros(3)})[0].nu["w"].dtype
     dtype(bfloat16)
+    >>> ema = adamfx.scale_by_moments(0.9, None, mu_dtype=adamfx.FloatStorage(jnp.bfloat16, seed=7))
+    >>> ema.update({"w": jnp.array([2.5])}, ema.init({"w": jnp.zeros(1)}))[1].mu["w"]  # 0.1 * 2.5, exact in bfloat16
+    Array([0.25], dtype=bfloat16)
     """
 
     dtype: Any = None
@@ -175,18 +190,12 @@ class FloatStorage(Storage):
 
 def _is_int8(spec: Any) -> bool:
     """``"int8"``, ``jnp.int8`` or ``np.dtype("int8")``."""
-    try:
-        return jnp.dtype(spec) == jnp.int8
-    except TypeError:
-        return False
+    return dtype_of_kind(spec, jnp.int8) is not None
 
 
 def _float_dtype(spec: Any, name: str) -> jnp.dtype:
-    try:
-        dtype = jnp.dtype(spec)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+    dtype = dtype_of_kind(spec, jnp.inexact)
+    if dtype is None:
         raise ValueError(f"{name}={spec!r} is invalid: {_ALLOWED}.")
     return dtype
 

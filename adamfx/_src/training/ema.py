@@ -32,6 +32,13 @@ class EmaState(NamedTuple):
     """The state of :func:`adamfx.with_ema`: the wrapped state and the moving average of the params.
 
     Read the average with :func:`adamfx.ema_params`; ``ema_momentum`` lives in ``hyperparams``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx = adamfx.with_ema(adamfx.sgd(0.5), ema_momentum=0.75)
+    >>> params = {"w": jnp.ones(1)}
+    >>> state = tx.update({"w": jnp.ones(1)}, tx.init(params), params)[1]
+    >>> int(state.count), state.ema["w"]  # the average starts at p_1 = 1 - 0.5
+    (1, Array([0.5], dtype=float32))
     """
 
     count: jax.Array  # steps taken (Keras' ``iterations``)
@@ -120,7 +127,16 @@ def with_ema(
 
 
 def ema_params(state: Any) -> Any:
-    """The moving average of the params kept by :func:`with_ema`, found anywhere in ``state``."""
+    """The moving average of the params kept by :func:`with_ema`, found anywhere in ``state``.
+
+    >>> import adamfx, jax.numpy as jnp
+    >>> tx, params = adamfx.with_ema(adamfx.lr_decay(1.0), ema_momentum=0.5), {"w": jnp.array([4.0])}
+    >>> state = tx.init(params)
+    >>> for p in ([3.0], [2.0]):  # params 3 then 2: the average is 3, then 0.5 * 3 + 0.5 * 2
+    ...     _, state = tx.update({"w": jnp.ones(1)}, state, {"w": jnp.array(p) + 1})
+    >>> adamfx.ema_params(state)["w"]
+    Array([2.5], dtype=float32)
+    """
     found = [s for s in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, EmaState)) if isinstance(s, EmaState)]
     if not found:
         raise ValueError("this optimizer state keeps no moving average of the params: wrap the optimizer in with_ema.")

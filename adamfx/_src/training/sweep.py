@@ -129,11 +129,13 @@ def sweep_params(params: Any, size: int | None = None, *, keys: Any = None) -> A
     so the members start from different random weights.
 
     >>> import adamfx, jax, jax.numpy as jnp
-    >>> adamfx.sweep_params({"w": jnp.zeros(3)}, 4)["w"].shape
-    (4, 3)
-    >>> init = lambda key: {"w": jax.random.normal(key, (3,))}
-    >>> adamfx.sweep_params(init, keys=jax.random.split(jax.random.key(0), 5))["w"].shape
-    (5, 3)
+    >>> adamfx.sweep_params({"w": jnp.arange(3.0)}, 2)["w"]  # one copy per run
+    Array([[0., 1., 2.],
+           [0., 1., 2.]], dtype=float32)
+    >>> init, keys = lambda key: {"w": jax.random.normal(key, (3,))}, jax.random.split(jax.random.key(0), 5)
+    >>> batch = adamfx.sweep_params(init, keys=keys)
+    >>> batch["w"].shape, bool((batch["w"][4] == init(keys[4])["w"]).all())  # run i starts from init(keys[i])
+    ((5, 3), True)
     """
     if callable(params):
         if keys is None or size is not None:

@@ -97,8 +97,11 @@ def multi_steps(
     non-finite micro-batches.
 
     >>> import adamfx, jax.numpy as jnp
-    >>> tx = adamfx.multi_steps(adamfx.adam(1e-3), every_k_schedule=4)
-    >>> tx == adamfx.multi_steps(adamfx.adam(1e-3), every_k_schedule=4)
+    >>> tx = adamfx.multi_steps(adamfx.lr_decay(1.0), every_k_schedule=2)
+    >>> u1, state = tx.update({"w": jnp.array([1.0])}, tx.init({"w": jnp.zeros(1)}))
+    >>> u1["w"], tx.update({"w": jnp.array([3.0])}, state)[0]["w"]  # nothing, then -lr mean(1, 3)
+    (Array([-0.], dtype=float32), Array([-2.], dtype=float32))
+    >>> tx == adamfx.multi_steps(adamfx.lr_decay(1.0), every_k_schedule=2)
     True
     """
     if isinstance(every_k_schedule, bool) or not (callable(every_k_schedule) or isinstance(every_k_schedule, int)):
