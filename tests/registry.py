@@ -130,6 +130,12 @@ class Entry:
     def build(self, **overrides: Any):
         return self.factory(**{**self.hyperparams, **self.options, **overrides}, convention=self.convention)
 
+    def build_as_the_state_holds(self, **values: Any):
+        """Built with ``values`` the way ``set_hyperparams`` and ``sweep`` apply them to the state: where two
+        groups share a name (muon's Adam group: ``adam_eps`` is its ``eps``), both get the value."""
+        shared = {f"adam_{name}": value for name, value in values.items() if f"adam_{name}" in self.hyperparams}
+        return self.build(**values, **shared)
+
     def accepts_none(self, name: str) -> bool:
         """``None`` is a documented value of ``name`` (it takes the convention's default or switches it off)."""
         optional = NONE_ALLOWED.get(self.factory.__name__, ())
@@ -331,6 +337,12 @@ PARITY: Mapping[Callable[..., Any], str] = {
 FLOAT32_STATE: Mapping[Callable[..., Any], str] = {
     adamfx.prodigy: "s, the d-weighted gradient sum (stages/distance.py)",
     adamfx.adafactor: "the factored second moment's row, column and full statistics",
+}
+
+#: The optimizers whose state holds a copy of the params (in the params' dtype, whatever mu_dtype/nu_dtype say).
+PARAMS_IN_STATE: Mapping[Callable[..., Any], str] = {
+    adamfx.schedule_free_adamw: "z, the base sequence",
+    adamfx.schedule_free_sgd: "z, the base sequence",
 }
 
 #: The optimizer x conventions that have no live peer, and why (test_registry.py accepts them without parity).

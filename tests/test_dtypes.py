@@ -112,11 +112,13 @@ def _storage_cases():
 def test_state_storage_dtype(entry, storage):
     """``mu_dtype``/``nu_dtype`` reach every stored buffer; the maths and the updates stay float32.
 
-    (The optimizers of ``registry.FLOAT32_STATE`` keep some state in float32 by design.)
+    (The optimizers of ``registry.FLOAT32_STATE`` keep some state in float32 by design, those of
+    ``registry.PARAMS_IN_STATE`` a copy of the params in their dtype.)
     """
     params = {"w": jnp.ones(4)}
     tx = entry.build(**storage)
-    allowed = {jnp.dtype(BF16)} | ({jnp.dtype(jnp.float32)} if entry.factory in registry.FLOAT32_STATE else set())
+    float32_too = entry.factory in registry.FLOAT32_STATE or entry.factory in registry.PARAMS_IN_STATE
+    allowed = {jnp.dtype(BF16)} | ({jnp.dtype(jnp.float32)} if float32_too else set())
     state = tx.init(params)
     stored = [leaf for leaf in jax.tree.leaves(state) if leaf.ndim == 1]
     assert stored and {leaf.dtype for leaf in stored} <= allowed and any(leaf.dtype == BF16 for leaf in stored)

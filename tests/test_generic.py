@@ -60,12 +60,6 @@ def other_values(entry: registry.Entry, state) -> dict:
     return {name: registry.OTHER_VALUES[name] for name in sorted(names)}
 
 
-def built_with(entry: registry.Entry, values: dict):
-    """``entry`` built with ``values``; where two groups share a name (muon's ``adam_*``), both get the value."""
-    shared = {f"adam_{name}": value for name, value in values.items() if f"adam_{name}" in entry.hyperparams}
-    return entry.build(**values, **shared)
-
-
 @pytest.mark.parametrize("entry", CASES)
 def test_checkpoint_resumes_bit_for_bit(entry):
     tx, params = entry.build(), tree(0)
@@ -139,7 +133,7 @@ def test_set_hyperparams_before_the_first_step_equals_building_with_the_values(e
     problem = peers.make_problem()
     with jax.enable_x64(True):
         changed = other_values(entry, entry.build().init(problem.params_in(np.float64)))
-        reference = peers.run_transform(built_with(entry, changed), problem, 30)
+        reference = peers.run_transform(entry.build_as_the_state_holds(**changed), problem, 30)
         tx = entry.build()
         retuned = optax.GradientTransformation(lambda p: adamfx.set_hyperparams(tx.init(p), **changed), tx.update)
         actual = peers.run_transform(retuned, problem, 30)
