@@ -9,9 +9,12 @@ live-peer parity tests (:data:`PARITY`). A new optimizer registered here gets
 every generic test with no special case in the test modules: bad input
 (test_bad_input.py), ``optax.inject_hyperparams`` (test_inject_hyperparams.py),
 checkpoints, sharding, recompilation, value equality, ``set_hyperparams``
-(test_generic.py), ``fused`` (test_fused.py), ``sweep`` (test_sweep.py); and
-test_registry.py fails until it is registered and has a default-run parity case
-in every convention.
+(test_generic.py), ``fused`` (test_fused.py), ``sweep`` (test_sweep.py),
+``mu_dtype``/``nu_dtype`` storage (test_dtypes.py); and test_registry.py fails
+until it is registered and has a default-run parity case in every convention
+(:data:`NO_PEER` says where a convention has no live peer, and why).
+:data:`FLOAT32_STATE` and :data:`PARAMS_IN_STATE` name the state a storage dtype
+does not reach, by design.
 
 The allowed ranges in :data:`RANGES` are written down here from the peers'
 documentation (PyTorch, Keras, optax), independently of adamfx's own table, so

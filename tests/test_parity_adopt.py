@@ -107,10 +107,8 @@ PARAMS = peers.case_params(CASES, conventions=lambda case: case[1], fast=lambda 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("case", "convention"), PARAMS)
 def test_matches_peer(case, convention, dtype):
-    problem = peers.make_problem(dtype)
-    expected = peer_trajectory(case, convention, problem, dtype)
-    actual = peers.run_transform(ours(CASES[case][0], convention), problem, STEPS, dtype)
-    peers.assert_parity(actual, expected, dtype, lambda: peer_trajectory(case, convention, problem, np.float64))
+    peer = lambda problem, dtype: peer_trajectory(case, convention, problem, dtype)
+    peers.check_against_peer(ours(CASES[case][0], convention), peer, STEPS, dtype)
 
 
 def test_the_peers_clip_at_different_steps():
