@@ -346,6 +346,7 @@ FLOAT32_STATE: Mapping[Callable[..., Any], str] = {
 PARAMS_IN_STATE: Mapping[Callable[..., Any], str] = {
     adamfx.schedule_free_adamw: "z, the base sequence",
     adamfx.schedule_free_sgd: "z, the base sequence",
+    adamfx.prodigy: "p0, the initial params (the origin of the distance estimate)",
 }
 
 #: The optimizer x conventions that have no live peer, and why (test_registry.py accepts them without parity).

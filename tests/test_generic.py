@@ -51,12 +51,14 @@ def assert_equal(a, b):
 def other_values(entry: registry.Entry, state) -> dict:
     """A second valid value (``registry.OTHER_VALUES``) of every hyperparameter the state holds and the factory takes.
 
-    adagrad takes one of its two inverse-time decays: its ``decay`` stays. prodigy's ``d0`` only seeds ``d``
-    at init (test_set_hyperparams_of_prodigy_d0_does_not_reach_d).
+    adagrad takes one of its two inverse-time decays: its ``decay`` stays; so does Nesterov's dampening (0).
+    prodigy's ``d0`` only seeds ``d`` at init (test_set_hyperparams_of_prodigy_d0_does_not_reach_d).
     """
     names = set(adamfx.hyperparams(state)) & set(entry.hyperparams) - {"d0"}
     if "lr_decay" in names:
         names.discard("decay")
+    if entry.options.get("nesterov"):
+        names.discard("dampening")  # Nesterov needs dampening 0
     return {name: registry.OTHER_VALUES[name] for name in sorted(names)}
 
 
@@ -113,6 +115,8 @@ def test_low_precision_params(entry, dtype):
     expected = {jnp.dtype(jnp.bfloat16 if dtype == jnp.bfloat16 else jnp.float32)}
     if entry.factory in registry.FLOAT32_STATE:  # and some state in float32 (the registry says which)
         expected |= {jnp.dtype(jnp.float32)}
+    if entry.factory in registry.PARAMS_IN_STATE:  # and a copy of the params
+        expected |= {jnp.dtype(dtype)}
     assert (
         moment_dtypes <= expected and jnp.dtype(jnp.bfloat16 if dtype == jnp.bfloat16 else jnp.float32) in moment_dtypes
     )
