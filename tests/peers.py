@@ -386,8 +386,11 @@ def max_rel_diff(traj: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(a - r) / np.maximum(np.abs(r), 1.0)))
 
 
-def assert_matches_peer(actual: np.ndarray, expected: np.ndarray, dtype, exact: Callable[[], np.ndarray]) -> None:
-    """The parity rule: float64 within 1e-12 (max abs); float32 within 1e-5 relative of the peer's float32 run.
+def assert_matches_peer(
+    actual: np.ndarray, expected: np.ndarray, dtype, exact: Callable[[], np.ndarray], f64_tolerance: float = 1e-12
+) -> None:
+    """The parity rule: float64 within 1e-12 (max abs; ``f64_tolerance`` where a module says why it needs
+    more); float32 within 1e-5 relative of the peer's float32 run.
 
     Where the peer's own float32 run is off its exact trajectory by more (PyTorch rounds
     ``1 - lr wd`` to float32 every step), ``exact()`` -- the peer's float64 run from the same
@@ -395,9 +398,182 @@ def assert_matches_peer(actual: np.ndarray, expected: np.ndarray, dtype, exact: 
     """
     assert actual.dtype == dtype
     if np.dtype(dtype) == np.float64:
-        assert max_abs_diff(actual, expected) <= 1e-12
+        assert max_abs_diff(actual, expected) <= f64_tolerance
     elif max_rel_diff(actual, expected) > 1e-5:
         reference = exact()
         ours_error, peer_error = max_rel_diff(actual, reference), max_rel_diff(expected, reference)
         assert ours_error <= 1e-5, (ours_error, peer_error)
         assert ours_error <= peer_error, (ours_error, peer_error)
+
+
+def assert_parity(actual: np.ndarray, expected: np.ndarray, dtype, exact: Callable, **tolerance) -> None:
+    """:func:`assert_matches_peer`, after checking that the peer's run moved the params (else parity is vacuous)."""
+    assert np.max(np.abs(expected[-1] - expected[0])) > 0.1, "the problem must move the params"
+    assert_matches_peer(actual, expected, dtype, exact, **tolerance)
+
+
+def check_against_peer(ours, peer_run: Callable[[Problem, Any], np.ndarray], steps: int, dtype, **tolerance) -> None:
+    """``steps`` jitted steps of the transform ``ours`` follow ``peer_run(problem, dtype)`` (:func:`assert_parity`)."""
+    problem = make_problem(dtype)
+    expected = peer_run(problem, dtype)
+    actual = run_transform(ours, problem, steps, dtype)
+    assert_parity(actual, expected, dtype, lambda: peer_run(problem, np.float64), **tolerance)
+
+
+def case_params(cases: Mapping[str, Any], conventions: Callable[[Any], tuple[str, ...]], fast: Callable[[Any], bool]):
+    """``pytest.param(name, convention, id="name-convention")`` for every case and each of its conventions.
+
+    Cases that ``fast`` does not pick are marked slow (CI runs them).
+    """
+    import pytest
+
+    return [
+        pytest.param(name, convention, id=f"{name}-{convention}", marks=() if fast(case) else pytest.mark.slow)
+        for name, case in cases.items()
+        for convention in conventions(case)
+    ]
+
+
+def grid_params(names, conventions, fast: Callable[[str, Any], bool]):
+    """``pytest.param(name, convention, dtype)`` for every name x convention x (float64, float32).
+
+    Ids read ``name-convention-float64``; the (name, dtype) pairs ``fast`` does not pick are marked slow.
+    """
+    import pytest
+
+    return [
+        pytest.param(name, convention, dtype, marks=() if fast(name, dtype) else pytest.mark.slow)
+        for name in names
+        for convention in conventions
+        for dtype in (np.float64, np.float32)
+    ]
+
+
+# --------------------------------------------------------------------------
+# Table-driven parity (sgd, adagrad, rmsprop, adadelta, nadam, nadamw, adamax, adamaxw, radam)
+# --------------------------------------------------------------------------
+# Each test_parity_<family>.py says how the peers spell its optimizers (`Spelling`) and which
+# recipes to run (`Variant`); `check_table_case` runs TABLE_STEPS jitted steps of ours and of the
+# peer and applies the parity rule of `assert_parity`. Convention defaults (eps, rho, initial
+# accumulator, ...) are *not* passed, so they are checked too.
+
+TABLE_STEPS = 300
+GAMMA = 0.99  # exponential schedule: lr * GAMMA**t
+DECAY = 1e-2  # legacy Keras decay: lr / (1 + DECAY t)
+WD = 0.05
+CONVENTIONS = ("optax", "torch", "keras")
+KERAS_NAMES = {"eps": "epsilon", "b1": "beta_1", "b2": "beta_2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spelling:
+    """How the peers spell one adamfx optimizer."""
+
+    lr: float  # learning rate of every case
+    torch: str | None  # torch.optim class
+    keras: str | None  # keras.optimizers class
+    optax: Callable  # (learning_rate, **kwargs) -> optax transform
+    torch_names: Mapping[str, str] = dataclasses.field(default_factory=dict)  # adamfx kwarg -> torch kwarg
+    torch_fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    optax_decays: bool = False  # the optax function takes weight_decay itself (else add_decayed_weights first)
+    stand_ins: Mapping[str, tuple[str, Mapping[str, Any]]] = dataclasses.field(
+        default_factory=dict
+    )  # convention -> (peer, fixed kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    kwargs: Mapping[str, Any]  # adamfx keyword arguments (besides learning_rate and convention)
+    schedule: bool = False  # learning rate lr * GAMMA**t
+    decay: bool = False  # legacy decay DECAY
+    only: tuple[str, ...] = CONVENTIONS  # conventions whose peer has the recipe
+    fast: bool = False  # runs by default (else marked slow)
+
+
+def everything(**kwargs) -> Variant:
+    """The default-run variant: the given options, an exponential schedule *and* the legacy decay."""
+    return Variant(kwargs, schedule=True, decay=True, fast=True)
+
+
+WEIGHT_DECAY = Variant({"weight_decay": WD})
+BASIC = {"plain": Variant({}), "weight_decay": WEIGHT_DECAY, "schedule": Variant({}, schedule=True)}
+BASIC |= {"decay": Variant({}, decay=True)}
+
+
+def table_params(variants: Mapping[str, Mapping[str, Variant]]):
+    """``pytest.param(name, variant, convention, id="name-variant-convention")``; the non-fast ones slow."""
+    import pytest
+
+    return [
+        pytest.param(name, variant_name, convention, id=f"{name}-{variant_name}-{convention}", marks=marks)
+        for name, by_name in variants.items()
+        for variant_name, variant in by_name.items()
+        for convention in variant.only
+        for marks in [() if variant.fast else pytest.mark.slow]
+    ]
+
+
+def peer_factor(variant: Variant) -> Callable | None:
+    """The peer's multiplier of the base learning rate at step t (from 0), or None."""
+    if not (variant.schedule or variant.decay):
+        return None
+    gamma, decay = (GAMMA if variant.schedule else 1.0), (DECAY if variant.decay else 0.0)
+    return lambda t: gamma**t / (1.0 + decay * t)
+
+
+def torch_case(spelling: Spelling, variant: Variant, fixed: Mapping[str, Any]):
+    kwargs = {"lr": spelling.lr, **spelling.torch_fixed, **fixed}
+    for name, value in variant.kwargs.items():
+        kwargs[spelling.torch_names.get(name, "decoupled_weight_decay" if name == "decoupled" else name)] = value
+    if "b1" in kwargs or "b2" in kwargs:
+        kwargs["betas"] = (kwargs.pop("b1", 0.9), kwargs.pop("b2", 0.999))
+    factor = peer_factor(variant)
+    if variant.decay and "decay" in spelling.torch_names:  # Adagrad's own lr_decay
+        kwargs[spelling.torch_names["decay"]] = DECAY
+        factor = peer_factor(dataclasses.replace(variant, decay=False))
+    return kwargs, None if factor is None else ("lambda", factor)
+
+
+def keras_case(spelling: Spelling, variant: Variant):
+    kwargs = {KERAS_NAMES.get(k, k): v for k, v in variant.kwargs.items() if k != "decoupled"}
+    factor = peer_factor(variant)
+    kwargs["learning_rate"] = spelling.lr if factor is None else keras_schedule(spelling.lr, factor)
+    return kwargs
+
+
+def keras_schedule(lr, factor):
+    """``lr * factor(iterations)`` as a Keras LearningRateSchedule, in Keras's floatx."""
+    keras = _keras()
+
+    class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return lr * factor(keras.ops.cast(step, keras.config.floatx()))
+
+    return Schedule()
+
+
+def optax_case(spelling: Spelling, variant: Variant):
+    kwargs = dict(variant.kwargs)
+    factor = peer_factor(variant)
+    lr = spelling.lr if factor is None else (lambda count: spelling.lr * factor(count))
+    weight_decay = [] if spelling.optax_decays else [optax.add_decayed_weights(kwargs.pop("weight_decay", 0.0))]
+    return optax.chain(*weight_decay, spelling.optax(lr, **kwargs))
+
+
+def table_peer_trajectory(spelling: Spelling, variant: Variant, convention: str, problem: Problem, dtype):
+    peer, fixed = spelling.stand_ins.get(convention, (convention, {}))
+    if peer == "torch":
+        kwargs, scheduler = torch_case(spelling, variant, fixed)
+        return run_torch(spelling.torch, kwargs, problem, TABLE_STEPS, dtype, scheduler=scheduler)
+    if peer == "keras":
+        return run_keras(spelling.keras, keras_case(spelling, variant), problem, TABLE_STEPS, dtype)
+    return run_transform(optax_case(spelling, variant), problem, TABLE_STEPS, dtype)
+
+
+def check_table_case(factory: Callable, spelling: Spelling, variant: Variant, convention: str, dtype) -> None:
+    """``factory(convention=convention)`` with ``variant`` follows the peer's trajectory (:func:`assert_parity`)."""
+    lr = (lambda count: spelling.lr * GAMMA**count) if variant.schedule else spelling.lr
+    decay = DECAY if variant.decay else 0.0
+    ours = factory(learning_rate=lr, decay=decay, convention=convention, **variant.kwargs)
+    peer = lambda problem, dtype: table_peer_trajectory(spelling, variant, convention, problem, dtype)
+    check_against_peer(ours, peer, TABLE_STEPS, dtype)

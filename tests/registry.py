@@ -1,10 +1,20 @@
 """The one registry of adamfx optimizers that the generic tests draw from.
 
-Every optimizer x convention is declared once, as an :class:`Entry`: its
-factory, the convention, and each hyperparameter argument with a valid value.
-A new optimizer registered here gets every generic test (bad input at
-construction, through ``set_hyperparams`` and ``restore_state``, and
-``optax.inject_hyperparams``) with no special case in the test modules.
+Every optimizer x convention x variant is declared once, as an :class:`Entry`:
+its factory, the convention, each hyperparameter argument with a valid value
+(:data:`FACTORIES`), the conventions it has (:data:`CONVENTIONS_OF`), the
+options that bring in its other stages (:data:`VARIANTS`), a second valid
+value of each hyperparameter (:data:`OTHER_VALUES`) and the module of its
+live-peer parity tests (:data:`PARITY`). A new optimizer registered here gets
+every generic test with no special case in the test modules: bad input
+(test_bad_input.py), ``optax.inject_hyperparams`` (test_inject_hyperparams.py),
+checkpoints, sharding, recompilation, value equality, ``set_hyperparams``
+(test_generic.py), ``fused`` (test_fused.py), ``sweep`` (test_sweep.py),
+``mu_dtype``/``nu_dtype`` storage (test_dtypes.py); and test_registry.py fails
+until it is registered and has a default-run parity case in every convention
+(:data:`NO_PEER` says where a convention has no live peer, and why).
+:data:`FLOAT32_STATE` and :data:`PARAMS_IN_STATE` name the state a storage dtype
+does not reach, by design.
 
 The allowed ranges in :data:`RANGES` are written down here from the peers'
 documentation (PyTorch, Keras, optax), independently of adamfx's own table, so
@@ -109,13 +119,25 @@ class Entry:
     factory: Callable[..., Any]
     convention: str
     hyperparams: Mapping[str, Any]
+    variant: str = ""  # a name from VARIANTS ("" is the plain optimizer)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the variant's arguments
+
+    @property
+    def name(self) -> str:
+        return self.factory.__name__
 
     @property
     def id(self) -> str:
-        return f"{self.factory.__name__}-{self.convention}"
+        return "-".join(part for part in (self.name, self.variant, self.convention) if part)
 
     def build(self, **overrides: Any):
-        return self.factory(**{**self.hyperparams, **overrides}, convention=self.convention)
+        return self.factory(**{**self.hyperparams, **self.options, **overrides}, convention=self.convention)
+
+    def build_as_the_state_holds(self, **values: Any):
+        """Built with ``values`` the way ``set_hyperparams`` and ``sweep`` apply them to the state: where two
+        groups share a name (muon's Adam group: ``adam_eps`` is its ``eps``), both get the value."""
+        shared = {f"adam_{name}": value for name, value in values.items() if f"adam_{name}" in self.hyperparams}
+        return self.build(**values, **shared)
 
     def accepts_none(self, name: str) -> bool:
         """``None`` is a documented value of ``name`` (it takes the convention's default or switches it off)."""
@@ -234,11 +256,137 @@ CONVENTIONS_OF: Mapping[Callable[..., Any], tuple[str, ...]] = {
     adamfx.lamb: ("optax", "keras"),  # lamb: PyTorch has no LAMB
 }
 
+#: The options that bring in an optimizer's other stages: factory -> {variant: (arguments, conventions or None = all)}.
+VARIANTS: Mapping[Callable[..., Any], Mapping[str, tuple[Mapping[str, Any], tuple[str, ...] | None]]] = {
+    adamfx.adam: {"amsgrad": ({"amsgrad": True}, None)},
+    adamfx.sgd: {"nesterov": ({"nesterov": True}, None)},
+    adamfx.rmsprop: {"centered": ({"centered": True}, None)},
+    adamfx.radam: {"nesterov": ({"nesterov": True}, ("optax",))},
+    # adabelief, adopt (issue 12)
+    adamfx.adabelief: {"amsgrad-nesterov": ({"amsgrad": True, "nesterov": True}, ("optax",))},
+    adamfx.adopt: {
+        "nesterov": ({"nesterov": True}, ("optax",)),
+        "cautious": ({"cautious": True, "b2": 0.99}, ("torch",)),
+    },
+    adamfx.lion: {"cautious": ({"cautious": True}, None)},  # lion
+}
+
+#: A second valid value of every hyperparameter (``set_hyperparams`` and ``sweep`` change to it).
+OTHER_VALUES: Mapping[str, Any] = {
+    "learning_rate": 3e-3,
+    "b1": 0.8,
+    "b2": 0.99,
+    "rho": 0.8,
+    "eps": 3e-5,
+    "eps_root": 1e-9,
+    "decay": 0.01,
+    "lr_decay": 0.01,
+    "weight_decay": 0.03,
+    "momentum": 0.5,
+    "dampening": 0.2,
+    "momentum_decay": 0.01,
+    "threshold": 4.0,
+    "initial_accumulator_value": 0.2,
+    "warmup_steps": 5,
+    "weight_lr_power": 1.0,
+    "b3": 0.95,
+    "alpha": 3.0,
+    "alpha_warmup": 50,
+    "b3_warmup": 50,
+    "d0": 1e-4,
+    "d_coef": 0.5,
+    "growth_rate": 1.5,
+    "decay_rate": 0.7,
+    "clipping_threshold": 2.0,
+    "eps_scale": 1e-2,
+    "consistent_rms": 0.3,
+    "adam_b1": 0.8,
+    "adam_b2": 0.99,
+    "adam_eps": 3e-8,
+    "adam_weight_decay": 0.03,
+    "adam_learning_rate": 1e-2,
+    "cautious_factor": 0.5,
+}
+
+#: The test module of each optimizer's live-peer parity (test_registry.py checks that the default run has a case
+#: for every convention of it).
+PARITY: Mapping[Callable[..., Any], str] = {
+    adamfx.adam: "test_parity_adam",
+    adamfx.adamw: "test_parity_adam",
+    adamfx.amsgrad: "test_parity_adam",
+    adamfx.sgd: "test_parity_sgd",
+    adamfx.rmsprop: "test_parity_rmsprop",
+    adamfx.adadelta: "test_parity_rmsprop",
+    adamfx.adagrad: "test_parity_adagrad",
+    adamfx.nadam: "test_parity_nadam",
+    adamfx.nadamw: "test_parity_nadam",
+    adamfx.adamax: "test_parity_adamax",
+    adamfx.adamaxw: "test_parity_adamax",
+    adamfx.radam: "test_parity_radam",
+    adamfx.schedule_free_adamw: "test_parity_schedule_free",
+    adamfx.schedule_free_sgd: "test_parity_schedule_free",
+    adamfx.adabelief: "test_parity_adabelief",
+    adamfx.adopt: "test_parity_adopt",
+    adamfx.ademamix: "test_parity_ademamix",
+    adamfx.prodigy: "test_parity_prodigy",
+    adamfx.adafactor: "test_parity_adafactor",
+    adamfx.muon: "test_parity_muon",
+    adamfx.lion: "test_parity_lion",
+    adamfx.lamb: "test_parity_lamb",
+}
+
+
+#: The optimizers that keep state in the compute dtype (float32 for bfloat16 params) by design, and which.
+FLOAT32_STATE: Mapping[Callable[..., Any], str] = {
+    adamfx.prodigy: "s, the d-weighted gradient sum (stages/distance.py)",
+    adamfx.adafactor: "the factored second moment's row, column and full statistics",
+}
+
+#: The optimizers whose state holds a copy of the params (in the params' dtype, whatever mu_dtype/nu_dtype say).
+PARAMS_IN_STATE: Mapping[Callable[..., Any], str] = {
+    adamfx.schedule_free_adamw: "z, the base sequence",
+    adamfx.schedule_free_sgd: "z, the base sequence",
+    adamfx.prodigy: "p0, the initial params (the origin of the distance estimate)",
+}
+
+#: The optimizer x conventions that have no live peer, and why (test_registry.py accepts them without parity).
+NO_PEER: Mapping[tuple[Callable[..., Any], str], str] = {
+    (adamfx.adamaxw, "torch"): "PyTorch has no AdamaxW: torch.optim.Adamax decays coupled only",
+}
+
+
+def conventions_of(factory: Callable[..., Any]) -> tuple[str, ...]:
+    return CONVENTIONS_OF.get(factory, CONVENTIONS)
+
+
+#: Every optimizer in every convention it has, plain (the generic tests of hyperparameter values draw from these).
 OPTIMIZERS: tuple[Entry, ...] = tuple(
     Entry(factory, convention, hyperparams)
     for factory, hyperparams in FACTORIES.items()
-    for convention in CONVENTIONS_OF.get(factory, CONVENTIONS)
+    for convention in conventions_of(factory)
 )
+
+#: :data:`OPTIMIZERS` and every variant in each of its conventions (the generic tests of behaviour draw from these).
+ALL: tuple[Entry, ...] = OPTIMIZERS + tuple(
+    Entry(factory, convention, FACTORIES[factory], variant, options)
+    for factory, variants in VARIANTS.items()
+    for variant, (options, only) in variants.items()
+    for convention in only or conventions_of(factory)
+)
+
+
+def runs_by_default(entry: Entry) -> bool:
+    """One plain entry per optimizer runs by default, the conventions taken in turn (all three covered)."""
+    index = list(FACTORIES).index(entry.factory)
+    conventions = conventions_of(entry.factory)
+    return not entry.variant and entry.convention == conventions[index % len(conventions)]
+
+
+def cases(entries: tuple[Entry, ...] = ALL, fast: Callable[[Entry], bool] = runs_by_default) -> list[Any]:
+    """``entries`` as pytest params with readable ids, the ones ``fast`` does not pick marked slow."""
+    import pytest
+
+    return [pytest.param(e, id=e.id, marks=() if fast(e) else pytest.mark.slow) for e in entries]
 
 
 def params() -> dict[str, jnp.ndarray]:

@@ -183,3 +183,42 @@ def test_a_numpy_bool_array_mask_compares_by_value_and_decays_elementwise():
 def test_a_mask_of_numbers_is_refused_naming_the_mask():
     with pytest.raises(ValueError, match=r"weight_decay_mask has a leaf 0.5: a mask holds a bool"):
         adamfx.adamw(1e-3, weight_decay_mask={"w": 0.5})
+
+
+# Combinations a single value cannot show: an argument refused given another, a bad convention.
+BAD = [
+    ("sgd", {"learning_rate": -1.0}, "learning_rate"),
+    ("sgd", {"momentum": -0.1}, "momentum"),
+    ("sgd", {"momentum": 1.5}, "momentum"),
+    ("sgd", {"momentum": 0.9, "dampening": 2.0}, "dampening"),
+    ("sgd", {"nesterov": True, "convention": "torch"}, "nesterov"),  # keras, optax: plain SGD
+    ("sgd", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, "nesterov"),
+    ("sgd", {"convention": "pytorch"}, "convention"),
+    ("sgd", {"weight_decay": -1e-3}, "weight_decay"),
+    ("sgd", {"decay": -1.0}, "decay"),
+    ("adagrad", {"lr_decay": -0.1}, "lr_decay"),
+    ("adagrad", {"lr_decay": 0.1, "decay": 0.1}, "lr_decay"),
+    ("adagrad", {"initial_accumulator_value": -1.0}, "initial_accumulator_value"),
+    ("adagrad", {"eps": -1e-8, "convention": "keras"}, "eps"),
+    ("rmsprop", {"rho": 1.0}, "rho"),
+    ("rmsprop", {"rho": -0.5}, "rho"),
+    ("rmsprop", {"eps": -1.0}, "eps"),
+    ("rmsprop", {"momentum": 2.0}, "momentum"),
+    ("adadelta", {"rho": 1.5}, "rho"),
+    ("adadelta", {"eps": -1.0}, "eps"),
+    ("nadam", {"b1": 1.0}, "b1"),
+    ("nadam", {"b2": -0.1}, "b2"),
+    ("nadam", {"momentum_decay": -1.0}, "momentum_decay"),
+    ("nadamw", {"weight_decay": -1.0}, "weight_decay"),
+    ("adamax", {"b2": 1.0}, "b2"),
+    ("adamax", {"eps": -1.0}, "eps"),
+    ("radam", {"threshold": 3.0}, "threshold"),
+    ("radam", {"eps": -1.0}, "eps"),
+    ("radam", {"convention": "flax"}, "convention"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "argument"), BAD, ids=[f"{n}-{a}" for n, _, a in BAD])
+def test_rejects_bad_combinations_naming_the_argument(name, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        getattr(adamfx, name)(**kwargs)

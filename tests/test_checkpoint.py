@@ -1,6 +1,8 @@
 """Checkpoints of the optimizer state (issue 6, item 5): orbax, flax.serialization, resume, rejection.
 
-Reference for resuming: the same run without interruption (bit for bit).
+Reference for resuming: the same run without interruption (bit for bit). Here: configurations
+(schedules, wrappers, groups, fused, storages); every registered optimizer x convention x variant
+resumes bit for bit in test_generic.py (drawn from tests/registry.py).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def labels(params):
     return {"dense": {"kernel": "body", "bias": "body"}, "out": "head"}
 
 
-OPTIMIZERS = {
+CONFIGURATIONS = {
     "adam-schedule-decay": lambda: adamfx.adam(optax.cosine_decay_schedule(1e-2, 20), decay=0.05),
     "adamw-lr-changed": lambda: adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm),
     "amsgrad-bf16-moments": lambda: adamfx.amsgrad(1e-2, convention="torch", mu_dtype=jnp.bfloat16),
@@ -86,12 +88,12 @@ def assert_bitwise_equal(a, b):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", CONFIGURATIONS)
 @pytest.mark.parametrize("saver", ["orbax", "flax"])
 def test_resumed_training_is_bit_identical_to_an_uninterrupted_run(name, saver, tmp_path):
     total, cut = 12, 5
     lr_change_at = 3 if name == "adamw-lr-changed" else None  # changed before the checkpoint: must survive it
-    tx = OPTIMIZERS[name]()
+    tx = CONFIGURATIONS[name]()
     params = init_params()
     uninterrupted = train(tx, params, tx.init(params), 0, total, lr_change_at)
 
@@ -105,7 +107,7 @@ def test_resumed_training_is_bit_identical_to_an_uninterrupted_run(name, saver, 
         raw = serialization.msgpack_restore(serialization.to_bytes({"params": params, "opt_state": state}))
 
     # A fresh start: the optimizer re-created from its configuration, the params from their initialiser.
-    tx = OPTIMIZERS[name]()
+    tx = CONFIGURATIONS[name]()
     template = init_params(seed=1)
     restored_params = jax.tree.map(jnp.asarray, serialization.from_state_dict(template, raw["params"]))
     restored_state = adamfx.restore_state(tx, template, raw["opt_state"])
@@ -215,7 +217,7 @@ def test_same_configuration_passes_and_restored_hyperparameters_come_from_the_ch
 
 
 def test_fused_state_round_trips_through_flax_state_dicts():
-    tx = OPTIMIZERS["fused-adamw"]()
+    tx = CONFIGURATIONS["fused-adamw"]()
     params = init_params()
     params, state = train(tx, params, tx.init(params), 0, 3)
     state_dict = serialization.to_state_dict(state)
@@ -227,7 +229,7 @@ def test_fused_state_round_trips_through_flax_state_dicts():
 
 def test_a_fused_checkpoint_is_told_apart_from_an_unfused_one():
     params = init_params()
-    fused = OPTIMIZERS["fused-adamw"]()
+    fused = CONFIGURATIONS["fused-adamw"]()
     unfused = adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm)
     with pytest.raises(ValueError, match="missing from the checkpoint: inner/0/count"):
         adamfx.check_compatible(fused, params, checkpoint_of(unfused, params))

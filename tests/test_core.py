@@ -1,4 +1,8 @@
-"""Core behaviour of the stages and of adam/adamw/amsgrad (parity with peers lives in test_parity_adam.py)."""
+"""Core behaviour of the stages and chains: extra update arguments, no retracing, ``eval_shape``, the step
+counter, learning-rate schedules with the legacy decay, weight-decay masks, equality, the docstrings.
+
+(Generic behaviour of every optimizer: test_generic.py, drawn from tests/registry.py.)
+"""
 
 from __future__ import annotations
 
@@ -6,95 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 import adamfx
-
-OPTIMIZERS = {
-    "adam": lambda conv: adamfx.adam(0.05, convention=conv),
-    "adamw": lambda conv: adamfx.adamw(0.05, weight_decay=1e-3, convention=conv),
-    "amsgrad": lambda conv: adamfx.amsgrad(0.05, convention=conv),
-    "adam+decay": lambda conv: adamfx.adam(0.05, decay=1e-3, convention=conv),
-}
-CONVENTIONS = ["optax", "torch", "keras"]
-
-
-def run(tx, loss, params, steps):
-    def step(carry, _):
-        params, state = carry
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
-        return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))((params, tx.init(params)))
-    return params
-
-
-def parabola(p):
-    return jnp.sum((p["x"] - 3.0) ** 2) + jnp.sum((p["y"] + 1.0) ** 2)
-
-
-def rosenbrock(p):
-    x, y = p["xy"][0], p["xy"][1]
-    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
-
-
-@pytest.mark.parametrize("conv", CONVENTIONS)
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_converges_on_parabola(name, conv):
-    params = {"x": jnp.zeros(3), "y": jnp.zeros((2, 2))}
-    final = run(OPTIMIZERS[name](conv), parabola, params, 600)
-    assert float(parabola(final)) < 1e-3
-
-
-@pytest.mark.parametrize("conv", CONVENTIONS)
-def test_converges_on_rosenbrock(conv):
-    params = {"xy": jnp.array([-1.2, 1.0])}
-    final = run(adamfx.adam(0.02, convention=conv), rosenbrock, params, 4000)
-    np.testing.assert_allclose(np.asarray(final["xy"]), [1.0, 1.0], atol=2e-2)
-
-
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.complex64])
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_preserves_dtype(name, dtype):
-    params = {"w": jnp.ones((4, 3), dtype), "b": jnp.zeros(3, dtype)}
-    tx = OPTIMIZERS[name]("torch")
-    state = tx.init(params)
-    grads = jax.tree.map(lambda p: (p + 1) * 0.5, params)
-    updates, state = jax.jit(tx.update)(grads, state, params)
-    for leaf in jax.tree.leaves(updates):
-        assert leaf.dtype == dtype
-        assert bool(jnp.all(jnp.isfinite(leaf)))
-    assert jax.tree.map(lambda x: x.dtype, jax.tree.leaves(state)) == jax.tree.map(
-        lambda x: x.dtype, jax.tree.leaves(tx.init(params))
-    )
-
-
-def test_preserves_float64():
-    with jax.enable_x64(True):
-        params = {"w": jnp.ones(3, jnp.float64)}
-        tx = adamfx.adam(1e-3)
-        updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
-        assert updates["w"].dtype == jnp.float64
-
-
-def test_complex_moments_use_abs_squared():
-    """Complex params: nu is the EMA of |g|^2 (real) and mu is complex, as in optax.
-
-    (torch.optim treats a complex tensor as pairs of reals instead: a different rule.)
-    """
-    g = np.array([1 + 2j, -0.5 + 0.25j, 3j])
-    with jax.enable_x64(True):
-        params = {"z": jnp.array([0.5 - 1j, 2 + 0j, -1 + 1j], jnp.complex128)}
-        ours, ref = adamfx.adam(0.1), optax.adam(0.1)
-        state, ref_state, ref_params = ours.init(params), ref.init(params), params
-        for step in range(20):
-            grads = {"z": jnp.asarray(g * (step + 1))}
-            updates, state = jax.jit(ours.update)(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            ref_updates, ref_state = ref.update(grads, ref_state, ref_params)
-            ref_params = optax.apply_updates(ref_params, ref_updates)
-        assert state[0].nu["z"].dtype == jnp.float64
-        np.testing.assert_allclose(np.asarray(params["z"]), np.asarray(ref_params["z"]), rtol=1e-12)
 
 
 def test_update_accepts_extra_keyword_args():

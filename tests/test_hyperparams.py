@@ -352,3 +352,65 @@ def test_set_hyperparams_refuses_non_scalars_naming_the_name(value):
     state = adamfx.adam(1e-3).init({"w": jnp.zeros(2)})
     with pytest.raises(ValueError, match=r"learning_rate=.* is invalid"):
         adamfx.set_hyperparams(state, learning_rate=value)
+
+
+EXPECTED_HYPERPARAMS = {
+    "sgd": {"learning_rate", "decay", "momentum", "dampening"},
+    "adagrad": {"learning_rate", "decay", "eps", "eps_root"},
+    "rmsprop": {"learning_rate", "decay", "rho", "eps", "eps_root", "momentum", "dampening"},
+    "adadelta": {"learning_rate", "decay", "rho", "eps", "eps_root"},
+    "nadam": {"learning_rate", "decay", "b1", "b2", "eps", "eps_root", "momentum_decay"},
+    "adamax": {"learning_rate", "decay", "b1", "b2", "eps"},
+    "radam": {"learning_rate", "decay", "b1", "b2", "eps", "eps_root", "threshold"},
+}
+
+
+@pytest.mark.parametrize("name", EXPECTED_HYPERPARAMS)
+def test_hyperparameters_live_in_the_state(name):
+    tx = getattr(adamfx, name)(1e-2, convention="torch", **({"momentum": 0.9} if name in ("sgd", "rmsprop") else {}))
+    assert set(adamfx.hyperparams(tx.init({"w": jnp.zeros(2)}))) == EXPECTED_HYPERPARAMS[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "convention", "built", "changed"),
+    [
+        ("rmsprop", "keras", {"rho": 0.8, "momentum": 0.5, "centered": True}, {"rho": 0.9, "momentum": 0.7}),
+        ("rmsprop", "torch", {"rho": 0.8, "momentum": 0.5}, {"rho": 0.95, "learning_rate": 0.02}),
+        ("adadelta", "torch", {"rho": 0.8, "eps": 1e-4}, {"rho": 0.95, "eps": 1e-6}),
+        ("sgd", "torch", {"momentum": 0.5, "dampening": 0.2}, {"momentum": 0.9, "dampening": 0.0}),
+        ("sgd", "keras", {"momentum": 0.5, "weight_decay": 0.1}, {"momentum": 0.9, "learning_rate": 0.02}),
+        ("nadam", "torch", {"momentum_decay": 0.1}, {"momentum_decay": 4e-3, "b1": 0.95}),
+        ("radam", "optax", {"threshold": 6.0}, {"threshold": 5.0, "b2": 0.99}),
+    ],
+)
+def test_set_hyperparams_equals_building_with_the_values(name, convention, built, changed):
+    """Changing a hyperparameter in the state before step 1 gives the optimizer built with that value."""
+    factory = getattr(adamfx, name)
+    direct = {**built, **changed}
+    problem = peers.make_problem()
+    with jax.enable_x64(True):
+        reference = peers.run_transform(
+            factory(convention=convention, **{"learning_rate": 0.01, **direct}), problem, 50
+        )
+        tx = factory(0.01, convention=convention, **built)
+        retuned = optax.GradientTransformation(lambda p: adamfx.set_hyperparams(tx.init(p), **changed), tx.update)
+        actual = peers.run_transform(retuned, problem, 50)
+    np.testing.assert_allclose(actual, reference, rtol=0, atol=1e-14)
+
+
+def test_set_hyperparams_rejects_a_bad_rho():
+    state = adamfx.rmsprop(1e-2).init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="rho"):
+        adamfx.set_hyperparams(state, rho=1.5)
+
+
+def test_changing_hyperparameters_does_not_recompile():
+    tx = adamfx.rmsprop(1e-2, momentum=0.9, centered=True, convention="keras")
+    params = {"w": jnp.ones(3)}
+    step = jax.jit(tx.update)
+    state = tx.init(params)
+    _, state = step(params, state, params)
+    for values in ({"rho": 0.5}, {"momentum": 0.1, "learning_rate": 0.5}, {"eps_root": 1e-3}):
+        state = adamfx.set_hyperparams(state, **values)
+        _, state = step(params, state, params)
+    assert step._cache_size() == 1

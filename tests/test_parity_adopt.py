@@ -101,21 +101,14 @@ def peer_trajectory(case, convention, problem, dtype):
     return peers.run_transform(optax_peer(kwargs), problem, STEPS, dtype)
 
 
-PARAMS = [
-    pytest.param(case, convention, id=f"{case}-{convention}", marks=() if fast else pytest.mark.slow)
-    for case, (_, conventions, fast) in CASES.items()
-    for convention in conventions
-]
+PARAMS = peers.case_params(CASES, conventions=lambda case: case[1], fast=lambda case: case[2])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize(("case", "convention"), PARAMS)
 def test_matches_peer(case, convention, dtype):
-    problem = peers.make_problem(dtype)
-    expected = peer_trajectory(case, convention, problem, dtype)
-    actual = peers.run_transform(ours(CASES[case][0], convention), problem, STEPS, dtype)
-    assert np.max(np.abs(expected[-1] - expected[0])) > 0.1, "the problem must move the params"
-    peers.assert_matches_peer(actual, expected, dtype, lambda: peer_trajectory(case, convention, problem, np.float64))
+    peer = lambda problem, dtype: peer_trajectory(case, convention, problem, dtype)
+    peers.check_against_peer(ours(CASES[case][0], convention), peer, STEPS, dtype)
 
 
 def test_the_peers_clip_at_different_steps():

@@ -86,16 +86,9 @@ def keras_peer(case: Case, problem, dtype):
 PEERS = {"optax": optax_peer, "keras": keras_peer}
 
 
-def _params():
-    return [
-        pytest.param(name, convention, dtype, marks=() if (name, dtype) in DEFAULT else pytest.mark.slow)
-        for name in CASES
-        for convention in PEERS
-        for dtype in (np.float64, np.float32)
-    ]
-
-
-@pytest.mark.parametrize(("name", "convention", "dtype"), _params())
+@pytest.mark.parametrize(
+    ("name", "convention", "dtype"), peers.grid_params(CASES, PEERS, lambda *case: case in DEFAULT)
+)
 def test_matches_peer(name, convention, dtype):
     case = CASES[name]
     problem = problem_of(case, dtype)

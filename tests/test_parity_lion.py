@@ -11,7 +11,6 @@ neither has a cautious Lion). Plus the paper's Program 1 in NumPy, the storages 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,32 +28,6 @@ LR = 0.01
 GAMMA = 0.99  # exponential schedule: lr * GAMMA**t
 F64_TOLERANCE = 1e-10
 F32_TOLERANCE = 1e-5
-
-
-def run_torch_class(make: Callable, problem, steps: int, dtype, lr_lambda=None) -> np.ndarray:
-    """Trajectory of a torch optimizer class outside torch.optim: ``make(tensors) -> optimizer``."""
-    import torch
-
-    keys = sorted(problem.init_params)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
-    try:
-        tensors = {k: torch.tensor(v, requires_grad=True) for k, v in problem.params_in(dtype).items()}
-        opt = make([tensors[k] for k in keys])
-        sched = None if lr_lambda is None else torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-        rows, params = [], {k: t.detach().numpy() for k, t in tensors.items()}
-        for step in range(steps):
-            grads = problem.grad(params, step)
-            for k in keys:
-                tensors[k].grad = torch.from_numpy(grads[k])
-            opt.step()
-            if sched is not None:
-                sched.step()
-            params = {k: t.detach().numpy().copy() for k, t in tensors.items()}
-            rows.append(peers.flatten(params))
-        return np.stack(rows)
-    finally:
-        torch.set_default_dtype(old)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +93,8 @@ def _torch_kwargs(case: Case, default_lr: float | None = None, default_wd: float
     return kwargs
 
 
-def _lr_lambda(case: Case):
-    return (lambda t: GAMMA**t) if case.schedule else None
+def _scheduler(case: Case):
+    return ("lambda", lambda t: GAMMA**t) if case.schedule else None
 
 
 def torch_peer(case: Case, problem, dtype):
@@ -130,33 +103,23 @@ def torch_peer(case: Case, problem, dtype):
 
     kwargs = _torch_kwargs(case)
     if case.cautious:
-        make = lambda params: CautiousLion(params, cautious_factor=0.0, **kwargs)
-    else:
-        make = lambda params: Lion(params, **kwargs)
-    return run_torch_class(make, problem, STEPS, dtype, _lr_lambda(case))
+        kwargs = {"cautious_factor": 0.0, **kwargs}
+    return peers.run_torch(CautiousLion if case.cautious else Lion, kwargs, problem, STEPS, dtype, _scheduler(case))
 
 
 def pytorch_optimizer_peer(case: Case, problem, dtype, default_lr: float, default_wd: float):
     from pytorch_optimizer import Lion
 
-    kwargs = _torch_kwargs(case, default_lr, default_wd)
-    make = lambda params: Lion(params, cautious=True, **kwargs)
-    return run_torch_class(make, problem, STEPS, dtype, _lr_lambda(case))
+    kwargs = {"cautious": True, **_torch_kwargs(case, default_lr, default_wd)}
+    return peers.run_torch(Lion, kwargs, problem, STEPS, dtype, scheduler=_scheduler(case))
 
 
 PEERS = {"optax": optax_peer, "keras": keras_peer, "torch": torch_peer}
 
 
-def _params():
-    return [
-        pytest.param(name, convention, dtype, marks=() if (name, dtype) in DEFAULT else pytest.mark.slow)
-        for name in CASES
-        for convention in PEERS
-        for dtype in (np.float64, np.float32)
-    ]
-
-
-@pytest.mark.parametrize(("name", "convention", "dtype"), _params())
+@pytest.mark.parametrize(
+    ("name", "convention", "dtype"), peers.grid_params(CASES, PEERS, lambda *case: case in DEFAULT)
+)
 def test_matches_peer(name, convention, dtype):
     case = CASES[name]
     problem = peers.make_problem(dtype)

@@ -31,7 +31,6 @@ import pytest
 
 import adamfx
 from tests import peers
-from tests.test_parity_ademamix import run_torch_class
 
 STEPS = 200
 GAMMA = 0.99  # exponential schedule: lr * GAMMA**t
@@ -59,7 +58,8 @@ def torch_prodigy(kwargs: Mapping[str, Any], problem, dtype, schedule: bool) -> 
     kwargs = dict(kwargs)
     betas = (kwargs.pop("b1", 0.9), kwargs.pop("b2", 0.999))
     kwargs = {{"b3": "beta3", "decoupled": "decouple"}.get(k, k): v for k, v in kwargs.items()}
-    return run_torch_class(Prodigy, {"lr": 1.0, "betas": betas, **kwargs}, problem, STEPS, dtype, schedule)
+    scheduler = ("exponential", GAMMA) if schedule else None
+    return peers.run_torch(Prodigy, {"lr": 1.0, "betas": betas, **kwargs}, problem, STEPS, dtype, scheduler=scheduler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +86,7 @@ CASES = {
     "all-optax": Case({"weight_decay": WD, "d_coef": 2.0, "b3": 0.98}, schedule=True, only=("optax",), fast=True),
     "all-torch": Case({"weight_decay": WD, "growth_rate": 1.1, "d0": 1e-5}, schedule=True, only=("torch",), fast=True),
 }
-PARAMS = [
-    pytest.param(name, convention, id=f"{name}-{convention}", marks=() if case.fast else pytest.mark.slow)
-    for name, case in CASES.items()
-    for convention in case.only
-]
+PARAMS = peers.case_params(CASES, conventions=lambda case: case.only, fast=lambda case: case.fast)
 
 
 def peer_trajectory(case: Case, convention: str, problem, dtype) -> np.ndarray:
@@ -110,16 +106,8 @@ def test_matches_peer(name, convention, dtype):
     case = CASES[name]
     if dtype == np.float32:
         case = dataclasses.replace(case, kwargs={**case.kwargs, "d0": F32_D0})
-    problem = peers.make_problem(dtype)
-    expected = peer_trajectory(case, convention, problem, dtype)
-    actual = peers.run_transform(ours(case, convention), problem, STEPS, dtype)
-    assert actual.dtype == dtype
-    assert np.max(np.abs(expected[-1] - expected[0])) > 0.1, "the problem must move the params"
-    if dtype == np.float64:
-        assert peers.max_abs_diff(actual, expected) <= F64_TOLERANCE
-    else:
-        exact = lambda: peer_trajectory(case, convention, problem, np.float64)
-        peers.assert_matches_peer(actual, expected, dtype, exact)
+    peer = lambda problem, dtype: peer_trajectory(case, convention, problem, dtype)
+    peers.check_against_peer(ours(case, convention), peer, STEPS, dtype, f64_tolerance=F64_TOLERANCE)
 
 
 @pytest.mark.slow
