@@ -145,8 +145,8 @@ def test_set_hyperparams_before_the_first_step_equals_building_with_the_values(e
     np.testing.assert_allclose(actual, reference, rtol=0, atol=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="prodigy: d0 seeds d at init; set_hyperparams(d0=...) is accepted, no effect")
-def test_set_hyperparams_of_prodigy_d0_does_not_reach_d():
+def test_set_hyperparams_of_prodigy_d0_reaches_d():
+    """d_0 = d0 is read from the state at the first step, so a d0 set before it counts (it once seeded d at init)."""
     problem = peers.make_problem()
     with jax.enable_x64(True):
         tx = adamfx.prodigy(d0=1e-6)

@@ -48,8 +48,8 @@ class DistanceState(NamedTuple):
     nu: Any  # stored v (of (d g)^2)
     s: Any  # the weighted gradient sum s, per leaf (compute dtype)
     p0: Any  # the initial parameters
-    d: jax.Array  # the distance estimate d_k
-    d_max: jax.Array  # the largest estimate d^ seen (and d0)
+    d: jax.Array  # the distance estimate d_k (0 before the first step: d_0 is the hyperparameter d0)
+    d_max: jax.Array  # the largest estimate d^ seen (and d0; 0 before the first step)
     numerator: jax.Array  # the weighted sum r
     hyperparams: dict
 
@@ -96,8 +96,8 @@ class DistanceEstimate(Stage):
             nu=init_stored(self.nu_storage, params, moment_dtype),
             s=jax.tree.map(lambda p: jnp.zeros(p.shape, compute_dtype(p.dtype)), params),
             p0=jax.tree.map(jnp.array, params),
-            d=jnp.asarray(self.d0, dtype=float),
-            d_max=jnp.asarray(self.d0, dtype=float),
+            d=zero,  # d_0 = d0 is read from the hyperparameters at the first step, so that
+            d_max=zero,  # set_hyperparams(d0=...) and sweep(d0=...) reach it
             numerator=zero,
             hyperparams=hp.as_arrays(**hp.complements(**rates), **values),
         )
@@ -126,7 +126,9 @@ class DistanceEstimate(Stage):
         c1, c2, c3 = (values[hp.COMPLEMENT + name] for name in ("b1", "b2", "b3"))
         t = increment(k)
         bc = jnp.sqrt(one_minus_power(c2, t)) / one_minus_power(c1, t) if self.bias_correction else 1.0
-        d = state.d
+        first = k == 0
+        d = jnp.where(first, values["d0"].astype(state.d.dtype), state.d)
+        d_max = jnp.where(first, d, state.d_max)
         dlr = d * self._rate(k, values) * bc
         g = jax.tree.map(lambda g: g.astype(compute_dtype(g.dtype)), grads)
 
@@ -138,7 +140,7 @@ class DistanceEstimate(Stage):
         denominator = sum(jnp.sum(jnp.abs(x)).astype(numerator.dtype) for x in jax.tree.leaves(s))
         safe = jnp.where(denominator > 0, denominator, 1.0)
         d_hat = jnp.where(denominator > 0, values["d_coef"] * numerator / safe, 0.0)  # no gradient yet: keep d
-        d_next, d_max = self._next_d(d, state.d_max, d_hat, values)
+        d_next, d_max = self._next_d(d, d_max, d_hat, values)
 
         def moment(storage, stored, power, c, field):  # b old + (1 - b) (d g)^power
             def leaf(record, key, g, like):

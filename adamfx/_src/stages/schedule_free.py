@@ -50,7 +50,7 @@ class ScheduleFreeState(NamedTuple):
     z: Any  # the base optimizer's iterate, kept in its storage (a float dtype)
     lr_max: jax.Array  # max of the averaging learning rates so far
     weight_sum: jax.Array  # sum_{i<=t} w_i
-    learning_rate: jax.Array  # the lr_t of the last z step (warmup and schedule applied)
+    learning_rate: jax.Array  # the lr_t of the last z step (warmup and schedule applied; 0 before the first)
     hyperparams: dict  # learning_rate (a number), decay, b1, warmup_steps, weight_lr_power
 
 
@@ -95,7 +95,8 @@ class ScheduleFree(Stage):
         zero = jnp.zeros([], dtype=float)
         count = jnp.zeros([], jnp.int32)
         z = stored_form(self.storage, records, treedef)
-        return ScheduleFreeState(count, z, zero, zero, self._rate(count, values), values)
+        return ScheduleFreeState(count, z, zero, zero, zero, values)  # no z step yet: lr 0 (the rate depends on
+        # warmup_steps and learning_rate, which set_hyperparams and sweep may change before the first step)
 
     def _weight(self, state, values):
         """``c_{t+1} = w_t / sum_{i<=t} w_i`` (0 while every weight is 0), and the new ``lr_max``, sum."""
