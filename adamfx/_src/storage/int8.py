@@ -375,8 +375,11 @@ class Int8Storage(Storage):
     def _quantize(self, value: jax.Array, key, scale=None) -> Quantized:
         u = None
         if key is not None and self.needs_key:  # salted with the values: one key serves every leaf
-            blocks = _blocks(value, self.block_size)
-            u = random_words(key, blocks.shape, salt=value_bits(blocks))
+            # drawn in the encoder's own view of the leaf (the leaf itself when the blocks tile its last
+            # axis): the same row-major words, and no reshape between the old codes and the new ones,
+            # so XLA can write the new codes over the old ones in place (a reshape made it copy them)
+            view, _ = _elementwise_view(value, self.block_size)
+            u = random_words(key, view.shape, salt=value_bits(view))
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
     def accumulate(self, stored: Quantized, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
