@@ -66,7 +66,7 @@ from jax import lax
 
 from adamfx._src.core.numerics import abs_sq, placeholder
 from adamfx._src.storage.protocol import Storage
-from adamfx._src.storage.rounding import as_word, check_rounding_and_seed, value_bits
+from adamfx._src.storage.rounding import StepKey, as_word, check_rounding_and_seed, value_bits
 
 
 class CodeFormat(NamedTuple):
@@ -398,7 +398,9 @@ class Int8Storage(Storage):
         new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
             return new, self.encode(new, default_dtype=default_dtype, key=key)
-        bound = decay * stored.scale + weight * bounded_block_max(g, self.block_size) ** power
+        gmax = lambda g: bounded_block_max(g, self.block_size)
+        gmax_g = key.shared(f"block_max/{self.block_size}", g, gmax) if isinstance(key, StepKey) else gmax(g)
+        bound = decay * stored.scale + weight * gmax_g**power
         return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
     def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:

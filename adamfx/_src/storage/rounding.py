@@ -84,6 +84,15 @@ class StepKey:
     def __init__(self, word: jax.Array):
         self.word = word
         self._bits: dict[tuple[int, ...], jax.Array] = {}
+        self._shared: dict[tuple, tuple[jax.Array, jax.Array]] = {}
+
+    def shared(self, name: str, x: jax.Array, compute):
+        """``compute(x)``, computed once per step for the array ``x`` and shared by the moments that use
+        this key (the two moments of a stage reduce the same gradient: int8's block maxima)."""
+        entry = self._shared.get((name, id(x)))
+        if entry is None or entry[0] is not x:  # the array itself is kept, so its id cannot be reused
+            entry = self._shared[(name, id(x))] = (x, compute(x))
+        return entry[1]
 
     def bits(self, shape: tuple[int, ...]) -> jax.Array:
         shape = tuple(shape)
