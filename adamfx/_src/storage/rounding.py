@@ -207,7 +207,6 @@ def _float32_to_bfloat16(x: jax.Array, key) -> jax.Array:
     its sign and top mantissa bits, made quiet so that it stays NaN.
     """
     bits = lax.bitcast_convert_type(x, jnp.uint32)
-    top = (bits + (random_bits(key, x.shape, bits) >> 16)) >> 16
-    nan = (bits & jnp.uint32(0x7FFFFFFF)) > jnp.uint32(0x7F800000)
-    top = jnp.where(nan, (bits >> 16) | jnp.uint32(0x0040), top)
+    top = bits + (random_bits(key, x.shape, bits) >> 16)
+    top = jnp.where(x != x, bits | jnp.uint32(0x00400000), top) >> 16  # x != x: NaN (made quiet)
     return lax.bitcast_convert_type(top.astype(jnp.uint16), jnp.bfloat16)
