@@ -20,7 +20,8 @@ Three measurements, each printed as a table and written to ``benchmarks/out/memo
 
 Run: ``python benchmarks/memory.py`` (about 5 minutes on 2 CPU cores; ``--quick``
 skips the 124M peak-memory runs; ``--lowbit-speed`` runs only the step speed, on one
-4096 x 4096 leaf, 2^24 parameters).
+4096 x 4096 leaf, 2^24 parameters; ``--region-analysis`` adds each storage jitted with
+``compiler_options={"xla_cpu_copy_insertion_use_region_analysis": True}``, rows ``"<storage> +ra"``).
 """
 
 from __future__ import annotations
@@ -162,12 +163,23 @@ def peak_table() -> dict:
     return rows
 
 
-def speed_table(steps: int, shape: tuple[int, int] = (8192, 4096)) -> dict:
-    contenders = {name: optimizer(name) for name in [*SPEED_CONFIGS, "optax.adam"]}
-    runners = {}
-    for name, tx in contenders.items():
+# XLA:CPU's default copy insertion cannot order the parameter update (which reads the old low-bit moments to
+# recompute the new ones) before the encoder that overwrites them in place, so it copies the donated moments
+# every step; its region-based analysis orders them and drops the copies (see benchmarks/RESULTS.md).
+REGION_ANALYSIS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
+
+def speed_table(steps: int, shape: tuple[int, int] = (8192, 4096), region_analysis: bool = False) -> dict:
+    """Median step time per contender; ``region_analysis`` adds each low-bit storage jitted with
+    :data:`REGION_ANALYSIS` (rows ``"<storage> +ra"``)."""
+    contenders = {name: (optimizer(name), {}) for name in [*SPEED_CONFIGS, "optax.adam"]}
+    if region_analysis:
+        for name in SPEED_CONFIGS:
+            contenders[f"{name} +ra"] = (optimizer(name), REGION_ANALYSIS)
+    runners = {}
+    for name, (tx, options) in contenders.items():
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=options or None)
         def step(params, state, grads, tx=tx):
             updates, state = tx.update(grads, state, params)
             return optax.apply_updates(params, updates), state
@@ -239,10 +251,15 @@ def main() -> None:
     parser.add_argument(
         "--lowbit-speed", action="store_true", help="only the step speed, on one 4096x4096 leaf (2^24 params)"
     )
+    parser.add_argument(
+        "--region-analysis",
+        action="store_true",
+        help="with --lowbit-speed: also time each storage jitted with XLA:CPU's region-based copy insertion",
+    )
     args = parser.parse_args()
     if args.lowbit_speed:
         print(f"device: {jax.devices()[0]}, jax {jax.__version__}")
-        speed_table(args.steps, (4096, 4096))
+        speed_table(args.steps, (4096, 4096), region_analysis=args.region_analysis)
         return
     if args.peak_child:
         print(json.dumps(peak_child(args.peak_child)))

@@ -66,7 +66,7 @@ from jax import lax
 
 from adamfx._src.core.numerics import abs_sq, placeholder
 from adamfx._src.storage.protocol import Storage
-from adamfx._src.storage.rounding import as_word, check_rounding_and_seed, value_bits
+from adamfx._src.storage.rounding import StepKey, as_word, check_rounding_and_seed, value_bits
 
 
 class CodeFormat(NamedTuple):
@@ -379,8 +379,11 @@ class Int8Storage(Storage):
     def _quantize(self, value: jax.Array, key, scale=None) -> Quantized:
         u = None
         if key is not None and self.needs_key:  # salted with the values: one key serves every leaf
-            blocks = _blocks(value, self.block_size)
-            u = random_words(key, blocks.shape, salt=value_bits(blocks))
+            # drawn in the encoder's own view of the leaf (the leaf itself when the blocks tile its last
+            # axis): the same row-major words, and no reshape between the old codes and the new ones,
+            # so XLA can write the new codes over the old ones in place (a reshape made it copy them)
+            view, _ = _elementwise_view(value, self.block_size)
+            u = random_words(key, view.shape, salt=value_bits(view))
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
     def accumulate(self, stored: Quantized, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
@@ -399,7 +402,9 @@ class Int8Storage(Storage):
         new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
             return new, self.encode(new, default_dtype=default_dtype, key=key)
-        bound = decay * stored.scale + weight * bounded_block_max(g, self.block_size) ** power
+        gmax = lambda g: bounded_block_max(g, self.block_size)
+        gmax_g = key.shared(f"block_max/{self.block_size}", g, gmax) if isinstance(key, StepKey) else gmax(g)
+        bound = decay * stored.scale + weight * gmax_g**power
         return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
     def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:

@@ -84,6 +84,15 @@ class StepKey:
     def __init__(self, word: jax.Array):
         self.word = word
         self._bits: dict[tuple[int, ...], jax.Array] = {}
+        self._shared: dict[tuple, tuple[jax.Array, jax.Array]] = {}
+
+    def shared(self, name: str, x: jax.Array, compute):
+        """``compute(x)``, computed once per step for the array ``x`` and shared by the moments that use
+        this key (the two moments of a stage reduce the same gradient: int8's block maxima)."""
+        entry = self._shared.get((name, id(x)))
+        if entry is None or entry[0] is not x:  # the array itself is kept, so its id cannot be reused
+            entry = self._shared[(name, id(x))] = (x, compute(x))
+        return entry[1]
 
     def bits(self, shape: tuple[int, ...]) -> jax.Array:
         shape = tuple(shape)
@@ -198,7 +207,6 @@ def _float32_to_bfloat16(x: jax.Array, key) -> jax.Array:
     its sign and top mantissa bits, made quiet so that it stays NaN.
     """
     bits = lax.bitcast_convert_type(x, jnp.uint32)
-    top = (bits + (random_bits(key, x.shape, bits) >> 16)) >> 16
-    nan = (bits & jnp.uint32(0x7FFFFFFF)) > jnp.uint32(0x7F800000)
-    top = jnp.where(nan, (bits >> 16) | jnp.uint32(0x0040), top)
+    top = bits + (random_bits(key, x.shape, bits) >> 16)
+    top = jnp.where(x != x, bits | jnp.uint32(0x00400000), top) >> 16  # x != x: NaN (made quiet)
     return lax.bitcast_convert_type(top.astype(jnp.uint16), jnp.bfloat16)
