@@ -97,6 +97,9 @@ class Task:
     steps: int
     chunk: int  # steps per jitted scan; the evaluation curve has one point per chunk
 
+    def __post_init__(self):
+        self.init_members = jax.jit(lambda keys: adamfx.sweep_params(self.init, keys=keys))  # keys -> K members
+
 
 def digits_task(steps: int) -> Task:
     sys.path.insert(0, str(ROOT / "examples"))
@@ -148,15 +151,9 @@ def charlm_task(steps: int, n_bytes: int = 600_000, batch: int = 16, context: in
     return Task("character LM", init, loss, batches, held_out(val), held_out(test), steps, chunk=max(1, steps // 10))
 
 
-def train(task: Task, tx, eval_params, seeds: np.ndarray, learning_rates: np.ndarray | None) -> dict:
-    """K = len(seeds) models at once (member k: seed k, and learning rate k when given).
-
-    Returns the validation and test loss curves, shape (chunks, K), and the steps at which they were read.
-    """
-    params = adamfx.sweep_params(task.init, keys=jnp.stack([jax.random.key(int(s)) for s in seeds]))
-    states = jax.vmap(tx.init)(params)
-    if learning_rates is not None:
-        states = adamfx.sweep(states, batched=True, learning_rate=learning_rates)
+def program(task: Task, tx, eval_params) -> Callable:
+    """The jitted chunk of training ``(params, states, xs, ys) -> (params, states, val loss, test loss)``, vmapped
+    over members. One program per optimizer: every sweep of its state with the same member count reuses it."""
 
     def step(params, state, x, y):
         grads = jax.grad(task.loss)(params, x, y)
@@ -174,6 +171,19 @@ def train(task: Task, tx, eval_params, seeds: np.ndarray, learning_rates: np.nda
         (params, states), _ = jax.lax.scan(body, (params, states), (xs, ys))
         return params, states, evaluate(states, params, *task.validation), evaluate(states, params, *task.test)
 
+    return chunk
+
+
+def train(task: Task, tx, chunk: Callable, seeds: np.ndarray, learning_rates: np.ndarray | None) -> dict:
+    """K = len(seeds) models at once (member k: seed k, and learning rate k when given), ``chunk`` from
+    :func:`program` for ``tx``.
+
+    Returns the validation and test loss curves, shape (chunks, K), and the steps at which they were read.
+    """
+    params = task.init_members(jnp.stack([jax.random.key(int(s)) for s in seeds]))
+    states = jax.jit(jax.vmap(tx.init))(params)
+    if learning_rates is not None:
+        states = adamfx.sweep(states, batched=True, learning_rate=learning_rates)
     val, test, at = [], [], []
     for start in range(0, task.steps, task.chunk):
         count = min(task.chunk, task.steps - start)
@@ -185,11 +195,65 @@ def train(task: Task, tx, eval_params, seeds: np.ndarray, learning_rates: np.nda
     return {"val": np.stack(val), "test": np.stack(test), "steps": np.asarray(at)}
 
 
-def tune(task: Task, name: str, lrs: np.ndarray) -> float:
+def tune(task: Task, tx, chunk: Callable, lrs: np.ndarray) -> float:
     """The learning rate of ``lrs`` with the lowest final validation loss (one seed per rate, one program)."""
-    run = train(task, build(name, float(lrs[0])), evaluation_params(name), np.zeros(len(lrs), int), lrs)
+    run = train(task, tx, chunk, np.zeros(len(lrs), int), lrs)
     final = np.nan_to_num(run["val"][-1], nan=np.inf)
     return float(lrs[int(np.argmin(final))])
+
+
+def default_learning_rate(name: str, tx) -> float | None:
+    """The default learning rate, when the optimizer at its defaults is ``tx`` (built with another rate) with that
+    rate in its state; else None.
+
+    Checked, not assumed: two updates of ``tx``'s state swept to the default rate must equal the default optimizer's
+    updates exactly (a default rate that is not a number in the state, e.g. optax Adafactor's relative step, or
+    another default that differs fails the check).
+    """
+    params = {"w": jnp.linspace(-1.0, 1.0, 24).reshape(6, 4), "b": jnp.linspace(0.5, 1.0, 4)}  # small: eager steps
+    default = build(name)
+    rate = adamfx.hyperparams(default.init(params)).get("learning_rate")
+    if rate is None or np.ndim(rate) != 0:
+        return None
+    rate = float(rate)
+    expected = default.init(params)
+    got = jax.tree.map(lambda x: x[0], adamfx.sweep(tx.init(params), learning_rate=[rate]))
+    for t in range(2):
+        grads = jax.tree.map(lambda p, t=t: jnp.cos(p * (t + 1) + 0.3), params)
+        (want, expected), (have, got) = default.update(grads, expected, params), tx.update(grads, got, params)
+        if jax.tree.structure(want) != jax.tree.structure(have) or any(
+            not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(have), strict=True)
+        ):
+            return None
+    return rate
+
+
+def tuned_and_default(task: Task, name: str, tx, chunk: Callable, best: float, seeds: np.ndarray, size: int) -> dict:
+    """The runs at the tuned rate and at the defaults, ``len(seeds)`` members each.
+
+    To compile nothing new, they reuse the tuning sweep's program (``size`` members): when the defaults differ from
+    ``tx`` only in the learning rate (:func:`default_learning_rate`), both settings are members of one run; any
+    members left over train further seeds at the tuned rate and are not reported (they keep the program's shape).
+    Otherwise the tuned run reuses the program and the defaults get their own.
+    """
+    n = len(seeds)
+    spare = np.arange(n, n + size)
+    rate = default_learning_rate(name, tx)
+    if rate is not None and size >= 2 * n:
+        members = np.concatenate([seeds, seeds, spare[: size - 2 * n]])
+        rates = np.full(size, best)
+        rates[n : 2 * n] = rate
+        both = train(task, tx, chunk, members, rates)
+        part = lambda cut: {"val": both["val"][:, cut], "test": both["test"][:, cut], "steps": both["steps"]}
+        return {"tuned": part(slice(0, n)), "default": part(slice(n, 2 * n))}
+    if size >= n:
+        tuned = train(task, tx, chunk, np.concatenate([seeds, spare[: size - n]]), np.full(size, best))
+        tuned = {"val": tuned["val"][:, :n], "test": tuned["test"][:, :n], "steps": tuned["steps"]}
+    else:
+        tuned = train(task, tx, program(task, tx, evaluation_params(name)), seeds, np.full(n, best))
+    default = build(name)
+    chunk = program(task, default, evaluation_params(name))
+    return {"tuned": tuned, "default": train(task, default, chunk, seeds, None)}
 
 
 def time_per_step(task: Task, names: list[str], lrs: dict[str, float], samples: int) -> dict[str, float]:
@@ -233,17 +297,18 @@ def compare(task: Task, names: list[str], lrs: np.ndarray, seeds: np.ndarray, sa
     for name in names:
         start = time.perf_counter()
         try:
-            best = tune(task, name, lrs)
-            runs = {
-                "tuned": train(task, build(name, best), evaluation_params(name), seeds, None),
-                "default": train(task, build(name), evaluation_params(name), seeds, None),
-            }
+            tx = build(name, float(lrs[0]))
+            chunk = program(task, tx, evaluation_params(name))
+            best = tune(task, tx, chunk, lrs)
+            runs = tuned_and_default(task, name, tx, chunk, best, seeds, len(lrs))
         except Exception as error:  # an optimizer that cannot run here is reported, not hidden
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"  {name}: {results[name]['error']}")
             continue
         results[name] = {"tuned_lr": best, "runs": runs, "bytes_per_param": state_bytes_per_param(task, name)}
-        print(f"  {name}: tuned lr {best:.3g}, {time.perf_counter() - start:.0f} s")
+        finals = {kind: run["test"][-1] for kind, run in runs.items()}
+        losses = ", ".join(f"{kind} {np.mean(v):.4f} +- {np.std(v):.4f}" for kind, v in finals.items())
+        print(f"  {name}: tuned lr {best:.3g}, final test loss {losses}, {time.perf_counter() - start:.0f} s")
     ran = [n for n in names if "runs" in results[n]]
     seconds = time_per_step(task, ran, {n: results[n]["tuned_lr"] for n in ran}, samples)
     best_final = min(np.nanmean(results[n]["runs"][k]["test"][-1]) for n in ran for k in ("tuned", "default"))
@@ -316,6 +381,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lrs", type=int, default=10, help="learning rates in the tuning sweep (1e-4 .. 1)")
     parser.add_argument("--digits-steps", type=int, default=900, help="about 20 epochs of mini-batches of 32")
     parser.add_argument("--lm-steps", type=int, default=300)
+    parser.add_argument("--lm-batch", type=int, default=16, help="windows of 64 bytes per character-LM step")
     parser.add_argument("--tasks", default="digits,charlm")
     args = parser.parse_args(argv)
     if args.quick:
@@ -323,7 +389,10 @@ def main(argv=None) -> dict:
     names = available(args.optimizers.split(",") if args.optimizers else NAMES)
     lrs = np.logspace(-4, 0, args.lrs)
     seeds = np.arange(args.seeds)
-    makers = {"digits": lambda: digits_task(args.digits_steps), "charlm": lambda: charlm_task(args.lm_steps)}
+    makers = {
+        "digits": lambda: digits_task(args.digits_steps),
+        "charlm": lambda: charlm_task(args.lm_steps, batch=args.lm_batch),
+    }
     comparisons = {}
     OUT.mkdir(parents=True, exist_ok=True)
     for key in args.tasks.split(","):
