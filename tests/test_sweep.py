@@ -5,8 +5,11 @@ with that member's values at construction* (``adamfx.adam(learning_rate=lr_k,
 b1=b1_k, ...)``), which never touches ``sweep`` or ``set_hyperparams``. The
 problem is a noisy quadratic with a feedback from the params, in float32;
 members must agree with their reference to 1e-6 (``peers.max_rel_diff``).
-``SWEPT`` is the registry: one line per optimizer (what it is built with and
-which hyperparameters are swept); every optimizer runs in every convention.
+``SWEPT`` lists the Adam-era optimizers (what each is built with and which
+hyperparameters are swept; every optimizer in every convention); every other
+optimizer of the shared registry (``tests/registry.py``) is swept from its
+registry entry (learning rate and one more hyperparameter, in each of its
+conventions), so a new optimizer in the registry is covered without an edit here.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import optax
 import pytest
 
 import adamfx
-from tests import peers
+from tests import peers, registry
 from tests.compile_count import compiles
 
 STEPS = 12
@@ -140,6 +143,53 @@ def test_member_equals_the_optimizer_built_with_its_values(name, convention):
 
     def build(**chosen):
         return getattr(adamfx, name)(**{"learning_rate": LRS[0], **shared, **chosen}, convention=convention)
+
+    check_members(build, values)
+
+
+# The second hyperparameter swept for a registry optimizer: the first of these its state holds under the name of a
+# constructor argument, with three valid values.
+SECOND = {"b1": (0.8, 0.9, 0.95), "momentum": (0.5, 0.9, 0.95), "b2": (0.99, 0.999, 0.9999)}
+# Constructor arguments that set a state name of another parameter group: muon's AdamW leaves hold their rate as
+# ``learning_rate`` too (the registry builds muon with both equal), so a member's reference sets both.
+TWINS = {"learning_rate": "adam_learning_rate"}
+# Shared arguments over the registry's, where its values barely move the params in STEPS steps (the members must
+# differ): prodigy's d0 = 1e-6 moves them by ~1e-5.
+SHARED = {"prodigy": {"d0": 1e-3}}
+
+
+def _registry_cases():
+    """Every registry optimizer that SWEPT does not list, in each of its conventions; by default one convention per
+    optimizer (taken in turn), the rest slow."""
+    conventions: dict = {}
+    for entry in registry.OPTIMIZERS:
+        if entry.factory.__name__ not in SWEPT:
+            conventions.setdefault(entry.factory, []).append(entry)
+    for i, entries in enumerate(conventions.values()):
+        for j, entry in enumerate(entries):
+            marks = () if i % len(entries) == j else pytest.mark.slow
+            yield pytest.param(entry, id=entry.id, marks=marks)
+
+
+def test_registry_optimizers_are_all_swept():
+    """The check below draws from the registry: every optimizer there is swept here, in every convention."""
+    tested = {(e.factory.__name__, e.convention) for e in (case.values[0] for case in _registry_cases())}
+    tested |= {(name, convention) for name in SWEPT for convention in CONVENTIONS}
+    assert {(e.factory.__name__, e.convention) for e in registry.OPTIMIZERS} <= tested
+
+
+@pytest.mark.parametrize("entry", _registry_cases())
+def test_registry_member_equals_the_optimizer_built_with_its_values(entry):
+    lr = entry.hyperparams["learning_rate"]
+    arguments = set(inspect.signature(entry.factory).parameters)
+    shared = SHARED.get(entry.factory.__name__, {})
+    held = set(adamfx.hyperparams(entry.build(**shared).init(PARAMS)))
+    second = next(name for name in SECOND if name in held & arguments)
+    values = {"learning_rate": (0.5 * lr, lr, 2 * lr), second: SECOND[second]}
+
+    def build(**chosen):
+        twins = {TWINS[n]: v for n, v in chosen.items() if TWINS.get(n) in entry.hyperparams}
+        return entry.build(**shared, **chosen, **twins)
 
     check_members(build, values)
 
