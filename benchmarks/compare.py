@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -383,7 +384,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--lm-steps", type=int, default=300)
     parser.add_argument("--lm-batch", type=int, default=16, help="windows of 64 bytes per character-LM step")
     parser.add_argument("--tasks", default="digits,charlm")
+    parser.add_argument("--tag", default="", help="suffix of the output names (compare<tag>.json, ...)")
+    parser.add_argument("--merge", nargs="+", type=Path, help="merge the JSON of runs over disjoint optimizers")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_runs(args.merge, args.tag)
     if args.quick:
         args.seeds, args.lrs, args.digits_steps, args.lm_steps = 1, 3, 20, 10
     names = available(args.optimizers.split(",") if args.optimizers else NAMES)
@@ -400,9 +405,44 @@ def main(argv=None) -> dict:
         print(f"{task.name}: {len(names)} optimizers, {len(lrs)} rates, {len(seeds)} seeds, {task.steps} steps")
         comparisons[key] = compare(task, names, lrs, seeds, samples=5 if args.quick else 20)
         print(report(comparisons[key]))
-        plot(comparisons[key], OUT / f"compare_{key}.png")
-    harness.write_json(OUT / "compare.json", {"machine": harness.machine(), **as_json(comparisons)})
-    print(f"wrote {OUT / 'compare.json'} and the plots compare_<task>.png")
+        plot(comparisons[key], OUT / f"compare_{key}{args.tag}.png")
+    harness.write_json(OUT / f"compare{args.tag}.json", {"machine": harness.machine(), **as_json(comparisons)})
+    print(f"wrote {OUT / f'compare{args.tag}.json'} and the plots compare_<task>{args.tag}.png")
+    return comparisons
+
+
+def merge_runs(paths: list[Path], tag: str) -> dict:
+    """One comparison per task from runs over disjoint sets of optimizers (separate processes, run side by side),
+    each of which timed adam too: a run's times per step are rescaled by the ratio of the first run's adam time to
+    its own (so every ratio to adam stays a same-run ratio), and the target loss and the steps to it are recomputed
+    over all optimizers."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    comparisons = {}
+    for key in (k for k in runs[0] if k != "machine"):
+        parts = [run[key] for run in runs]
+        base = parts[0]["results"]["adam"]["seconds_per_step"]
+        results = {}
+        for part in parts:
+            scale = base / part["results"]["adam"]["seconds_per_step"]
+            for name, r in part["results"].items():
+                if name in results:
+                    continue
+                if "runs" in r:
+                    r["seconds_per_step"] *= scale
+                    for run in r["runs"].values():
+                        run.update({k: np.asarray(run[k]) for k in ("val", "test", "steps")})
+                results[name] = r
+        ran = [r for r in results.values() if "runs" in r]
+        target = 1.1 * min(np.nanmean(r["runs"][k]["test"][-1]) for r in ran for k in ("tuned", "default"))
+        for r in ran:
+            for run in r["runs"].values():
+                run["steps_to_target"] = steps_to(run["test"], run["steps"], target)
+        order = [n for n in NAMES if n in results]
+        comparisons[key] = {**parts[0], "target": target, "results": {n: results[n] for n in order}}
+        print(report(comparisons[key]))
+        plot(comparisons[key], OUT / f"compare_{key}{tag}.png")
+    harness.write_json(OUT / f"compare{tag}.json", {"machine": runs[0]["machine"], **as_json(comparisons)})
+    print(f"merged {len(paths)} runs into {OUT / f'compare{tag}.json'}")
     return comparisons
 
 
