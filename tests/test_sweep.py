@@ -426,6 +426,20 @@ def test_sensitivity_example_smoke(sensitivity, tmp_path, capsys):
     assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
 
 
+def test_sensitivity_example_covers_every_optimizer(sensitivity):
+    assert {entry.factory.__name__ for entry in registry.OPTIMIZERS} <= set(sensitivity.OPTIMIZERS)
+
+
+@pytest.mark.slow
+def test_sensitivity_example_new_optimizers(sensitivity, capsys):
+    """Muon (matrices and vectors), schedule-free (validated at x) and lamb (optax convention) run in the example."""
+    names = ("muon", "schedule_free_sgd", "lamb")
+    results = sensitivity.main(optimizers=names, n_lrs=2, lr_range=(1e-2, 1e-1), n_seeds=1, epochs=2)
+    for name in names:
+        assert np.nanmin(results[name]["val_loss"]) < np.log(10), name
+    assert "lamb (optax)" in capsys.readouterr().out
+
+
 def test_sensitivity_summary(sensitivity):
     lrs = np.logspace(-3, 0, 4)  # one decade apart
     loss = np.array([[2.0, 2.0], [1.05, 1.05], [1.0, 1.0], [np.nan, np.nan]])  # the last one diverged
