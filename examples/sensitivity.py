@@ -1,6 +1,6 @@
 """How sensitive is each optimizer to its learning rate? 16 rates x 3 seeds, one vmapped program per optimizer.
 
-Run:  python examples/sensitivity.py   (about 2 minutes of CPU time: under 3 minutes on 2 free CPU cores)
+Run:  python examples/sensitivity.py   (~2 min of CPU time; 3 min 11 s wall on 2 shared, loaded cores)
 
 The flagship's MLP (``digits_mlp.py``) on scikit-learn's digits, trained with
 every adamfx optimizer (``convention="torch"``; lamb, which PyTorch lacks, in
