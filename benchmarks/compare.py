@@ -15,14 +15,18 @@ of 32; (b) the character-level transformer LM of ``benchmarks/convergence.py`` (
 the standard library's ``.py`` sources (train / validation / test byte ranges).
 
 Prints markdown tables, writes ``benchmarks/out/compare.json`` and ``compare_<task>.png`` (evaluation
-curves at the tuned rate). Run: ``python benchmarks/compare.py`` (about 15 minutes on 2 CPU cores);
-``--quick`` is a smoke run of seconds per optimizer; ``--optimizers adam,lion`` picks some.
+curves at the tuned rate). Run: ``python benchmarks/compare.py``; ``--quick`` is a smoke run of seconds per
+optimizer; ``--optimizers adam,lion`` picks some; ``--tag`` names the outputs and ``--merge`` joins runs over
+disjoint optimizers (each with adam). Cost: one compiled program per optimizer and task; the digits task at
+``--lrs 9 --digits-steps 600`` took ~2.5 minutes, the character LM ~40 minutes at ``--lrs 6 --lm-steps 50
+--lm-batch 8`` in two processes on a loaded 2-core CPU (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -97,6 +101,9 @@ class Task:
     steps: int
     chunk: int  # steps per jitted scan; the evaluation curve has one point per chunk
 
+    def __post_init__(self):
+        self.init_members = jax.jit(lambda keys: adamfx.sweep_params(self.init, keys=keys))  # keys -> K members
+
 
 def digits_task(steps: int) -> Task:
     sys.path.insert(0, str(ROOT / "examples"))
@@ -148,15 +155,9 @@ def charlm_task(steps: int, n_bytes: int = 600_000, batch: int = 16, context: in
     return Task("character LM", init, loss, batches, held_out(val), held_out(test), steps, chunk=max(1, steps // 10))
 
 
-def train(task: Task, tx, eval_params, seeds: np.ndarray, learning_rates: np.ndarray | None) -> dict:
-    """K = len(seeds) models at once (member k: seed k, and learning rate k when given).
-
-    Returns the validation and test loss curves, shape (chunks, K), and the steps at which they were read.
-    """
-    params = adamfx.sweep_params(task.init, keys=jnp.stack([jax.random.key(int(s)) for s in seeds]))
-    states = jax.vmap(tx.init)(params)
-    if learning_rates is not None:
-        states = adamfx.sweep(states, batched=True, learning_rate=learning_rates)
+def program(task: Task, tx, eval_params) -> Callable:
+    """The jitted chunk of training ``(params, states, xs, ys) -> (params, states, val loss, test loss)``, vmapped
+    over members. One program per optimizer: every sweep of its state with the same member count reuses it."""
 
     def step(params, state, x, y):
         grads = jax.grad(task.loss)(params, x, y)
@@ -174,6 +175,19 @@ def train(task: Task, tx, eval_params, seeds: np.ndarray, learning_rates: np.nda
         (params, states), _ = jax.lax.scan(body, (params, states), (xs, ys))
         return params, states, evaluate(states, params, *task.validation), evaluate(states, params, *task.test)
 
+    return chunk
+
+
+def train(task: Task, tx, chunk: Callable, seeds: np.ndarray, learning_rates: np.ndarray | None) -> dict:
+    """K = len(seeds) models at once (member k: seed k, and learning rate k when given), ``chunk`` from
+    :func:`program` for ``tx``.
+
+    Returns the validation and test loss curves, shape (chunks, K), and the steps at which they were read.
+    """
+    params = task.init_members(jnp.stack([jax.random.key(int(s)) for s in seeds]))
+    states = jax.jit(jax.vmap(tx.init))(params)
+    if learning_rates is not None:
+        states = adamfx.sweep(states, batched=True, learning_rate=learning_rates)
     val, test, at = [], [], []
     for start in range(0, task.steps, task.chunk):
         count = min(task.chunk, task.steps - start)
@@ -185,11 +199,65 @@ def train(task: Task, tx, eval_params, seeds: np.ndarray, learning_rates: np.nda
     return {"val": np.stack(val), "test": np.stack(test), "steps": np.asarray(at)}
 
 
-def tune(task: Task, name: str, lrs: np.ndarray) -> float:
+def tune(task: Task, tx, chunk: Callable, lrs: np.ndarray) -> float:
     """The learning rate of ``lrs`` with the lowest final validation loss (one seed per rate, one program)."""
-    run = train(task, build(name, float(lrs[0])), evaluation_params(name), np.zeros(len(lrs), int), lrs)
+    run = train(task, tx, chunk, np.zeros(len(lrs), int), lrs)
     final = np.nan_to_num(run["val"][-1], nan=np.inf)
     return float(lrs[int(np.argmin(final))])
+
+
+def default_learning_rate(name: str, tx) -> float | None:
+    """The default learning rate, when the optimizer at its defaults is ``tx`` (built with another rate) with that
+    rate in its state; else None.
+
+    Checked, not assumed: two updates of ``tx``'s state swept to the default rate must equal the default optimizer's
+    updates exactly (a default rate that is not a number in the state, e.g. optax Adafactor's relative step, or
+    another default that differs fails the check).
+    """
+    params = {"w": jnp.linspace(-1.0, 1.0, 24).reshape(6, 4), "b": jnp.linspace(0.5, 1.0, 4)}  # small: eager steps
+    default = build(name)
+    rate = adamfx.hyperparams(default.init(params)).get("learning_rate")
+    if rate is None or np.ndim(rate) != 0:
+        return None
+    rate = float(rate)
+    expected = default.init(params)
+    got = jax.tree.map(lambda x: x[0], adamfx.sweep(tx.init(params), learning_rate=[rate]))
+    for t in range(2):
+        grads = jax.tree.map(lambda p, t=t: jnp.cos(p * (t + 1) + 0.3), params)
+        (want, expected), (have, got) = default.update(grads, expected, params), tx.update(grads, got, params)
+        if jax.tree.structure(want) != jax.tree.structure(have) or any(
+            not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(have), strict=True)
+        ):
+            return None
+    return rate
+
+
+def tuned_and_default(task: Task, name: str, tx, chunk: Callable, best: float, seeds: np.ndarray, size: int) -> dict:
+    """The runs at the tuned rate and at the defaults, ``len(seeds)`` members each.
+
+    To compile nothing new, they reuse the tuning sweep's program (``size`` members): when the defaults differ from
+    ``tx`` only in the learning rate (:func:`default_learning_rate`), both settings are members of one run; any
+    members left over train further seeds at the tuned rate and are not reported (they keep the program's shape).
+    Otherwise the tuned run reuses the program and the defaults get their own.
+    """
+    n = len(seeds)
+    spare = np.arange(n, n + size)
+    rate = default_learning_rate(name, tx)
+    if rate is not None and size >= 2 * n:
+        members = np.concatenate([seeds, seeds, spare[: size - 2 * n]])
+        rates = np.full(size, best)
+        rates[n : 2 * n] = rate
+        both = train(task, tx, chunk, members, rates)
+        part = lambda cut: {"val": both["val"][:, cut], "test": both["test"][:, cut], "steps": both["steps"]}
+        return {"tuned": part(slice(0, n)), "default": part(slice(n, 2 * n))}
+    if size >= n:
+        tuned = train(task, tx, chunk, np.concatenate([seeds, spare[: size - n]]), np.full(size, best))
+        tuned = {"val": tuned["val"][:, :n], "test": tuned["test"][:, :n], "steps": tuned["steps"]}
+    else:
+        tuned = train(task, tx, program(task, tx, evaluation_params(name)), seeds, np.full(n, best))
+    default = build(name)
+    chunk = program(task, default, evaluation_params(name))
+    return {"tuned": tuned, "default": train(task, default, chunk, seeds, None)}
 
 
 def time_per_step(task: Task, names: list[str], lrs: dict[str, float], samples: int) -> dict[str, float]:
@@ -233,17 +301,18 @@ def compare(task: Task, names: list[str], lrs: np.ndarray, seeds: np.ndarray, sa
     for name in names:
         start = time.perf_counter()
         try:
-            best = tune(task, name, lrs)
-            runs = {
-                "tuned": train(task, build(name, best), evaluation_params(name), seeds, None),
-                "default": train(task, build(name), evaluation_params(name), seeds, None),
-            }
+            tx = build(name, float(lrs[0]))
+            chunk = program(task, tx, evaluation_params(name))
+            best = tune(task, tx, chunk, lrs)
+            runs = tuned_and_default(task, name, tx, chunk, best, seeds, len(lrs))
         except Exception as error:  # an optimizer that cannot run here is reported, not hidden
             results[name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"  {name}: {results[name]['error']}")
             continue
         results[name] = {"tuned_lr": best, "runs": runs, "bytes_per_param": state_bytes_per_param(task, name)}
-        print(f"  {name}: tuned lr {best:.3g}, {time.perf_counter() - start:.0f} s")
+        finals = {kind: run["test"][-1] for kind, run in runs.items()}
+        losses = ", ".join(f"{kind} {np.mean(v):.4f} +- {np.std(v):.4f}" for kind, v in finals.items())
+        print(f"  {name}: tuned lr {best:.3g}, final test loss {losses}, {time.perf_counter() - start:.0f} s")
     ran = [n for n in names if "runs" in results[n]]
     seconds = time_per_step(task, ran, {n: results[n]["tuned_lr"] for n in ran}, samples)
     best_final = min(np.nanmean(results[n]["runs"][k]["test"][-1]) for n in ran for k in ("tuned", "default"))
@@ -316,14 +385,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--lrs", type=int, default=10, help="learning rates in the tuning sweep (1e-4 .. 1)")
     parser.add_argument("--digits-steps", type=int, default=900, help="about 20 epochs of mini-batches of 32")
     parser.add_argument("--lm-steps", type=int, default=300)
+    parser.add_argument("--lm-batch", type=int, default=16, help="windows of 64 bytes per character-LM step")
     parser.add_argument("--tasks", default="digits,charlm")
+    parser.add_argument("--tag", default="", help="suffix of the output names (compare<tag>.json, ...)")
+    parser.add_argument("--merge", nargs="+", type=Path, help="merge the JSON of runs over disjoint optimizers")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_runs(args.merge, args.tag)
     if args.quick:
         args.seeds, args.lrs, args.digits_steps, args.lm_steps = 1, 3, 20, 10
     names = available(args.optimizers.split(",") if args.optimizers else NAMES)
     lrs = np.logspace(-4, 0, args.lrs)
     seeds = np.arange(args.seeds)
-    makers = {"digits": lambda: digits_task(args.digits_steps), "charlm": lambda: charlm_task(args.lm_steps)}
+    makers = {
+        "digits": lambda: digits_task(args.digits_steps),
+        "charlm": lambda: charlm_task(args.lm_steps, batch=args.lm_batch),
+    }
     comparisons = {}
     OUT.mkdir(parents=True, exist_ok=True)
     for key in args.tasks.split(","):
@@ -331,9 +408,44 @@ def main(argv=None) -> dict:
         print(f"{task.name}: {len(names)} optimizers, {len(lrs)} rates, {len(seeds)} seeds, {task.steps} steps")
         comparisons[key] = compare(task, names, lrs, seeds, samples=5 if args.quick else 20)
         print(report(comparisons[key]))
-        plot(comparisons[key], OUT / f"compare_{key}.png")
-    harness.write_json(OUT / "compare.json", {"machine": harness.machine(), **as_json(comparisons)})
-    print(f"wrote {OUT / 'compare.json'} and the plots compare_<task>.png")
+        plot(comparisons[key], OUT / f"compare_{key}{args.tag}.png")
+    harness.write_json(OUT / f"compare{args.tag}.json", {"machine": harness.machine(), **as_json(comparisons)})
+    print(f"wrote {OUT / f'compare{args.tag}.json'} and the plots compare_<task>{args.tag}.png")
+    return comparisons
+
+
+def merge_runs(paths: list[Path], tag: str) -> dict:
+    """One comparison per task from runs over disjoint sets of optimizers (separate processes, run side by side),
+    each of which timed adam too: a run's times per step are rescaled by the ratio of the first run's adam time to
+    its own (so every ratio to adam stays a same-run ratio), and the target loss and the steps to it are recomputed
+    over all optimizers."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    comparisons = {}
+    for key in (k for k in runs[0] if k != "machine"):
+        parts = [run[key] for run in runs]
+        base = parts[0]["results"]["adam"]["seconds_per_step"]
+        results = {}
+        for part in parts:
+            scale = base / part["results"]["adam"]["seconds_per_step"]
+            for name, r in part["results"].items():
+                if name in results:
+                    continue
+                if "runs" in r:
+                    r["seconds_per_step"] *= scale
+                    for run in r["runs"].values():
+                        run.update({k: np.asarray(run[k]) for k in ("val", "test", "steps")})
+                results[name] = r
+        ran = [r for r in results.values() if "runs" in r]
+        target = 1.1 * min(np.nanmean(r["runs"][k]["test"][-1]) for r in ran for k in ("tuned", "default"))
+        for r in ran:
+            for run in r["runs"].values():
+                run["steps_to_target"] = steps_to(run["test"], run["steps"], target)
+        order = [n for n in NAMES if n in results]
+        comparisons[key] = {**parts[0], "target": target, "results": {n: results[n] for n in order}}
+        print(report(comparisons[key]))
+        plot(comparisons[key], OUT / f"compare_{key}{tag}.png")
+    harness.write_json(OUT / f"compare{tag}.json", {"machine": runs[0]["machine"], **as_json(comparisons)})
+    print(f"merged {len(paths)} runs into {OUT / f'compare{tag}.json'}")
     return comparisons
 
 

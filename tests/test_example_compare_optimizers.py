@@ -31,6 +31,23 @@ def test_prints_the_table_and_saves_the_plot(example, tmp_path, monkeypatch, cap
     assert (tmp_path / "compare_optimizers.png").stat().st_size > 10_000
 
 
+def test_every_optimizer_of_the_library_has_a_tuned_rate(example):
+    import adamfx
+
+    assert set(example.TUNED) == set(example.OPTIMIZERS)
+    assert all(rate in example.GRID for rate in example.TUNED.values())
+    new = {"lion", "lamb", "adabelief", "adopt", "ademamix", "prodigy", "schedule_free_adamw", "schedule_free_sgd"}
+    assert new | {"muon", "adafactor"} <= set(example.OPTIMIZERS)
+    assert all(hasattr(adamfx, name) for name in example.OPTIMIZERS)
+
+
+def test_the_vmapped_sweep_picks_a_rate_of_the_grid(example, monkeypatch, capsys):
+    monkeypatch.setattr(example, "GRID", (1e-3, 1e-1, 10.0))
+    best = example.sweep(epochs=2, names=("sgd", "schedule_free_sgd"))
+    assert best == {"sgd": 1e-1, "schedule_free_sgd": 1e-1}  # 1e-3 barely moves in 2 epochs, 10 diverges
+    assert "schedule_free_sgd" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_every_optimizer_learns_the_digits_at_its_tuned_rate(example):
     results = example.main(epochs=30)
