@@ -12,7 +12,8 @@ from optax import ScalarOrSchedule
 
 from adamfx._src.core import hyperparams as hp
 from adamfx._src.core.base import GradientTransformation, Stage
-from adamfx._src.core.numerics import compute_dtype, increment, scalar_like
+from adamfx._src.core.numerics import compute_dtype, increment
+from adamfx._src.stages.step_scalars import per_dtype
 
 Schedule = Callable[[jax.Array], Any]
 
@@ -28,9 +29,11 @@ class LrDecay(Stage):
     learning_rate: ScalarOrSchedule
     decay: float
 
-    def _rate(self, count, values):
+    def _rate(self, count, values, *, negated: bool = False):
+        """``lr_t``, or ``-lr_t`` computed as ``(-lr) / (1 + decay t)`` (the same number: the sign is exact)."""
         base = self.learning_rate(count) if callable(self.learning_rate) else values["learning_rate"]
-        return jnp.asarray(base, dtype=values["decay"].dtype) / (1 + values["decay"] * count)
+        base = jnp.asarray(base, dtype=values["decay"].dtype)
+        return (-base if negated else base) / (1 + values["decay"] * count)
 
     def init(self, params):
         values: dict[str, Any] = {"decay": self.decay}
@@ -41,10 +44,13 @@ class LrDecay(Stage):
         return LrDecayState(count, self._rate(count, values), values)
 
     def update(self, updates, state, params=None, **extra_args):
-        rate = self._rate(state.count, state.hyperparams)
+        # -lr_t once per step, the sign inside the division (a negation after it is copied into every leaf kernel)
+        negated = self._rate(state.count, state.hyperparams, negated=True)
+        minus_rate = per_dtype(negated.astype, updates)
+        rate = -negated
 
         def leaf(u):
-            return (-scalar_like(rate, u) * u.astype(compute_dtype(u.dtype))).astype(u.dtype)
+            return (minus_rate(u.dtype) * u.astype(compute_dtype(u.dtype))).astype(u.dtype)
 
         count = increment(state.count)
         return jax.tree.map(leaf, updates), LrDecayState(count, rate, state.hyperparams)
