@@ -47,6 +47,7 @@ QUICK_LEAVES = [100, 400]
 REFERENCE = "optax.adam"
 CONFIGS = [
     "optax.adam",
+    "optax.adam injected",  # optax.inject_hyperparams(optax.adam): its hyperparameters in the state, as adamfx's are
     "adam",
     "adam torch",
     "adam keras",
@@ -81,6 +82,7 @@ def optimizer(name: str):
     bf16 = dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     builders = {
         "optax.adam": lambda: optax.adam(1e-3),
+        "optax.adam injected": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3),
         "adam": lambda: adamfx.adam(1e-3),
         "adam torch": lambda: adamfx.adam(1e-3, convention="torch"),
         "adam keras": lambda: adamfx.adam(1e-3, convention="keras"),

@@ -276,7 +276,7 @@ class Normalize(Stage):
         eps_root = state.hyperparams["eps_root"]
         eps = eps_module.scalar_eps(self.eps_placement, state.hyperparams["eps"], moments.nu_correction)
         numerator = moments.mu if moments.mu is not None else moments.grad
-        scalars = per_dtype(lambda dtype: (eps.astype(dtype), eps_root.astype(dtype)), moments.nu)  # once per step
+        scalars = per_dtype(lambda dtype: (jnp.asarray(eps).astype(dtype), eps_root.astype(dtype)), moments.nu)
 
         def leaf(m, v, g):
             m = m.astype(compute_dtype(m.dtype))
