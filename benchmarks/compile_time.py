@@ -22,6 +22,7 @@ Run::
     python benchmarks/compile_time.py --quick          # 100 and 400 leaves + transformer
     python benchmarks/compile_time.py                  # 100 ... 1600 leaves + transformer
     python benchmarks/compile_time.py --step-speed     # the low-bit step on one 2^24 leaf
+    python benchmarks/compile_time.py --quick --baseline /tmp/main   # before/after: main's code in the same run
 
 Writes ``compile_time.json``, ``compile_time.md`` and ``compile_time.png``
 (log-log: seconds against leaves) to ``--out`` (default ``benchmarks/out``).
@@ -46,6 +47,7 @@ QUICK_LEAVES = [100, 400]
 REFERENCE = "optax.adam"
 CONFIGS = [
     "optax.adam",
+    "optax.adam injected",  # optax.inject_hyperparams(optax.adam): its hyperparameters in the state, as adamfx's are
     "adam",
     "adam torch",
     "adam keras",
@@ -57,6 +59,16 @@ CONFIGS = [
     "factored",
     "int8+factored",
     "fused bf16",
+    # the newer optimizers at their defaults (issue 9 sets no target for them; reported against optax.adam)
+    "lion",
+    "lamb",
+    "adabelief",
+    "adopt",
+    "ademamix",
+    "prodigy",
+    "schedule_free_adamw",
+    "muon",
+    "adafactor",
 ]
 
 
@@ -70,6 +82,7 @@ def optimizer(name: str):
     bf16 = dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     builders = {
         "optax.adam": lambda: optax.adam(1e-3),
+        "optax.adam injected": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3),
         "adam": lambda: adamfx.adam(1e-3),
         "adam torch": lambda: adamfx.adam(1e-3, convention="torch"),
         "adam keras": lambda: adamfx.adam(1e-3, convention="keras"),
@@ -81,6 +94,15 @@ def optimizer(name: str):
         "factored": lambda: adamfx.adam(1e-3, nu_dtype="factored"),
         "int8+factored": lambda: adamfx.adam(1e-3, mu_dtype="int8", nu_dtype="factored"),
         "fused bf16": lambda: adamfx.fused(adamfx.adam(1e-3, **bf16)),
+        "lion": lambda: adamfx.lion(1e-4),
+        "lamb": lambda: adamfx.lamb(1e-3),
+        "adabelief": lambda: adamfx.adabelief(1e-3),
+        "adopt": lambda: adamfx.adopt(1e-3),
+        "ademamix": lambda: adamfx.ademamix(1e-3),
+        "prodigy": lambda: adamfx.prodigy(),
+        "schedule_free_adamw": lambda: adamfx.schedule_free_adamw(1e-3),
+        "muon": lambda: adamfx.muon(1e-3),
+        "adafactor": lambda: adamfx.adafactor(),
     }
     return builders[name]()
 
@@ -131,8 +153,14 @@ def child(config: str, tree_name: str) -> dict:
     )
 
 
-def measure(config: str, tree_name: str, timeout: float) -> dict | None:
-    command = [sys.executable, __file__, "--child", config, tree_name]
+BASELINE = " @baseline"  # suffix of a configuration measured in the --baseline checkout
+
+
+def measure(config: str, tree_name: str, timeout: float, baseline: Path | None = None) -> dict | None:
+    script = __file__
+    if config.endswith(BASELINE):  # the same configuration, run from the other checkout's copy of this script
+        config, script = config.removesuffix(BASELINE), str(baseline / "benchmarks" / "compile_time.py")
+    command = [sys.executable, script, "--child", config, tree_name]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -142,13 +170,13 @@ def measure(config: str, tree_name: str, timeout: float) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def sweep(trees: list[str], configs: list[str], repeats: int, timeout: float) -> dict:
+def sweep(trees: list[str], configs: list[str], repeats: int, timeout: float, baseline: Path | None = None) -> dict:
     results: dict[str, dict[str, dict]] = {}
     for tree_name in trees:
         runs: dict[str, list[dict]] = {config: [] for config in configs}
         for _ in range(repeats):
             for config in configs:  # in turn: load hits every configuration alike
-                runs[config].append(measure(config, tree_name, timeout) or {"total_s": float("inf")})
+                runs[config].append(measure(config, tree_name, timeout, baseline) or {"total_s": float("inf")})
         results[tree_name] = {}
         for config, samples in runs.items():
             median = {key: statistics.median(s[key] for s in samples if key in s) for key in samples[0]}
@@ -266,6 +294,13 @@ def main(argv=None) -> None:
     parser.add_argument("--step-speed", action="store_true", help="time the low-bit Adam step instead")
     parser.add_argument("--step-size", type=int, default=2**24, help="elements of the one leaf (--step-speed)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per storage (--step-speed)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (with this script copied into its benchmarks/): each configuration is also "
+        f"measured there, right after the same one here, as the row '<config>{BASELINE}'",
+    )
     parser.add_argument("--out", type=Path, default=harness.OUT, help="output directory")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TREE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -283,8 +318,10 @@ def main(argv=None) -> None:
         return
     leaves = args.leaves or (QUICK_LEAVES if args.quick else LEAVES)
     configs = [REFERENCE, *[c for c in args.configs if c != REFERENCE]]
+    if args.baseline is not None:
+        configs = [name for config in configs for name in (config, config + BASELINE)]
     trees = [f"{n}x64" for n in leaves] + [f"transformer:{args.transformer_leaves}"]
-    results = sweep(trees, configs, args.repeats, args.timeout)
+    results = sweep(trees, configs, args.repeats, args.timeout, args.baseline)
     text = markdown(results)
     print("\nlower + compile of one jitted step: wall seconds (ratios to optax.adam in the same run: wall; CPU")
     print("seconds of the measuring process; StableHLO ops)\n")

@@ -146,7 +146,9 @@ class Fused(Stage):
                 f"fused(tx): tx must emit parameter-shaped updates, it emitted {type(flat_updates).__name__}; "
                 "wrap a whole optimizer (its chain must end with a stage such as normalize or lr_decay)."
             )
-        return layout.unflatten(cast(dict, flat_updates), jax.tree.structure(updates)), FusedState(inner)
+        return layout.unflatten(cast(dict, flat_updates), jax.tree.structure(updates), opaque_offsets=True), FusedState(
+            inner
+        )
 
 
 def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) -> GradientTransformation:

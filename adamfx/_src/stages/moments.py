@@ -27,11 +27,10 @@ from adamfx._src.core.numerics import (
     moment_dtype,
     real_dtype,
     real_moment_dtype,
-    safe_divide,
-    scalar_like,
 )
 from adamfx._src.stages import eps as eps_module
 from adamfx._src.stages.eps import EpsPlacement
+from adamfx._src.stages.step_scalars import per_dtype
 from adamfx._src.storage.protocol import (
     Storage,
     check_keeps_elements,
@@ -154,10 +153,16 @@ class ScaleByMoments(Stage):
         def ema(storage, stored, power, one_minus_b, field):
             """``b old + (1 - b) |g|^power`` leaf by leaf, kept in ``storage`` (the state's ``field``)."""
 
+            def both(dtype):
+                c = jnp.asarray(one_minus_b).astype(dtype)
+                return 1 - c, c
+
+            rates = per_dtype(both, g)  # b and 1 - b, once per step
+
             def leaf(record, key, g, like):
-                c = scalar_like(one_minus_b, g.real)
+                b, c = rates(g.dtype)
                 default = default_dtype_of(g if power == 1 else g.real, like)
-                return storage.accumulate(record, g, power=power, decay=1 - c, weight=c, default_dtype=default, key=key)
+                return storage.accumulate(record, g, power=power, decay=b, weight=c, default_dtype=default, key=key)
 
             return map_stored(storage, leaf, stored, g, grads, count=count, stream=stream_of(self, field), key=key)
 
@@ -233,7 +238,9 @@ def bias_corrected(moments: Moments, *, mu: bool = True, nu: bool = True) -> Mom
         # same rounding in every fusion (XLA rewrites (m / bc1) / d as m / (bc1 d) in
         # some fusions and not in others, which moved results by a few ulp).
         bc = one_minus_power(one_minus_b, t)
-        return jax.tree.map(lambda x: x * scalar_like(1 / bc, x), tree), bc
+        inverse = 1 / bc
+        inverse_in = per_dtype(inverse.astype, tree)  # once per step, not per leaf
+        return jax.tree.map(lambda x: x * inverse_in(x.dtype), tree), bc
 
     if mu and moments.mu is not None:
         moments = moments._replace(mu=scale(moments.mu, moments.one_minus_b1)[0])
@@ -284,11 +291,11 @@ class Normalize(Stage):
         eps_root = state.hyperparams["eps_root"]
         eps = eps_module.scalar_eps(self.eps_placement, state.hyperparams["eps"], moments.nu_correction)
         numerator = moments.mu if moments.mu is not None else moments.grad
+        scalars = per_dtype(lambda dtype: (jnp.asarray(eps).astype(dtype), eps_root.astype(dtype)), moments.nu)
 
         def leaf(m, v, g):
             m = m.astype(compute_dtype(m.dtype))
-            denominator = eps_module.guarded_root(v, scalar_like(eps, v), scalar_like(eps_root, v), self.eps_placement)
-            return safe_divide(m, denominator).astype(g.dtype)
+            return (m / eps_module.nonzero_root(v, *scalars(v.dtype), self.eps_placement)).astype(g.dtype)
 
         return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
 

@@ -61,10 +61,11 @@ class AddDecayedWeights(Stage):
             weight_decay = state.hyperparams["weight_decay"]
 
         def leaf(u, p, decayed):
-            if isinstance(decayed, (bool, np.bool_)) and not decayed:
+            static = isinstance(decayed, (bool, np.bool_))  # a Python mask: no select in the step
+            if static and not decayed:
                 return u
             new = u.astype(compute_dtype(u.dtype)) + scalar_like(weight_decay, p) * p
-            return jnp.where(decayed, new, u).astype(u.dtype)
+            return (new if static else jnp.where(decayed, new, u)).astype(u.dtype)
 
         return jax.tree.map(leaf, updates, params, self._mask(params)), state
 
