@@ -178,7 +178,7 @@ def cut(buffer: jax.Array, sizes: list[int]) -> list[jax.Array]:
     host, which would stall the step, so other platforms keep constant offsets.
     """
     if len(buffer.shape) != 1 or not 0 < sum(sizes) < 2**31:  # int32 offsets, a first element
-        return lax.split(buffer, sizes)
+        return list(lax.split(buffer, sizes))
     starts = tuple(jnp.int32(start) for start in np.cumsum([0, *sizes[:-1]]))
     offsets = lax.platform_dependent(buffer, starts, cpu=_opaque, default=lambda buffer, starts: starts)
     return [lax.dynamic_slice(buffer, (start,), (size,)) for start, size in zip(offsets, sizes, strict=True)]

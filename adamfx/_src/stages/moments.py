@@ -295,7 +295,8 @@ class Normalize(Stage):
 
         def leaf(m, v, g):
             m = m.astype(compute_dtype(m.dtype))
-            return (m / eps_module.nonzero_root(v, *scalars(v.dtype), self.eps_placement)).astype(g.dtype)
+            eps, eps_root = scalars(v.dtype)
+            return (m / eps_module.nonzero_root(v, eps, eps_root, self.eps_placement)).astype(g.dtype)
 
         return jax.tree.map(leaf, numerator, moments.nu, moments.grad), state
 
