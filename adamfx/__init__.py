@@ -14,6 +14,7 @@ from adamfx._src.core.hyperparams import groups, hyperparams, set_hyperparams
 from adamfx._src.execution.flat import flat_params
 from adamfx._src.execution.fused import fused
 from adamfx._src.execution.sharding import bytes_per_device, init_sharded, state_shardings
+from adamfx._src.optimizers import OPTIMIZERS
 from adamfx._src.optimizers.adabelief import adabelief
 from adamfx._src.optimizers.adafactor import adafactor
 from adamfx._src.optimizers.adagrad import adagrad
@@ -69,6 +70,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONVENTIONS",
+    "OPTIMIZERS",
     "AdamfxWarning",
     "Chain",
     "EmaState",

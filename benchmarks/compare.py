@@ -1,6 +1,6 @@
 """Which optimizer, which learning rate? Every adamfx optimizer, tuned and at its defaults, on two tasks.
 
-For each optimizer of the library (``convention="optax"``, which all of them have):
+For each optimizer of the library (``adamfx.OPTIMIZERS``; ``convention="optax"``, which all of them have):
 
 1. **tune**: a learning-rate sweep (``--lrs`` log-spaced rates, one vmapped, jitted program per
    optimizer through :func:`adamfx.sweep`) on a validation split; the tuned rate is the one with the
@@ -44,35 +44,16 @@ from benchmarks import harness  # noqa: E402
 
 OUT = harness.OUT
 CONVENTION = "optax"
-#: Every optimizer factory of the library that builds from a learning rate alone (those not yet in this
-#: version of adamfx are skipped).
-NAMES = (
-    "adam",
-    "adamw",
-    "amsgrad",
-    "nadam",
-    "nadamw",
-    "adamax",
-    "radam",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-    "adadelta",
-    "lion",
-    "lamb",
-    "adabelief",
-    "adopt",
-    "ademamix",
-    "schedule_free_adamw",
-    "schedule_free_sgd",
-    "prodigy",
-    "muon",
-    "adafactor",
-)
 
 
-def available(names=NAMES) -> list[str]:
-    return [name for name in names if hasattr(adamfx, name)]
+def chosen(names: str | None) -> list[str]:
+    """``--optimizers``: comma-separated names of adamfx.OPTIMIZERS (``None``: all of them, in its order)."""
+    if names is None:
+        return list(adamfx.OPTIMIZERS)
+    unknown = sorted(set(names.split(",")) - set(adamfx.OPTIMIZERS))
+    if unknown:
+        raise SystemExit(f"--optimizers: {unknown} are not adamfx optimizers (adamfx.OPTIMIZERS: {adamfx.OPTIMIZERS})")
+    return names.split(",")
 
 
 def build(name: str, learning_rate: float | None = None) -> optax.GradientTransformation:
@@ -380,7 +361,7 @@ def as_json(value):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rates, 1 seed, a few steps per task")
-    parser.add_argument("--optimizers", default=None, help="comma-separated names (default: all available)")
+    parser.add_argument("--optimizers", default=None, help="comma-separated names (default: all of adamfx.OPTIMIZERS)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lrs", type=int, default=10, help="learning rates in the tuning sweep (1e-4 .. 1)")
     parser.add_argument("--digits-steps", type=int, default=900, help="about 20 epochs of mini-batches of 32")
@@ -394,7 +375,7 @@ def main(argv=None) -> dict:
         return merge_runs(args.merge, args.tag)
     if args.quick:
         args.seeds, args.lrs, args.digits_steps, args.lm_steps = 1, 3, 20, 10
-    names = available(args.optimizers.split(",") if args.optimizers else NAMES)
+    names = chosen(args.optimizers)
     lrs = np.logspace(-4, 0, args.lrs)
     seeds = np.arange(args.seeds)
     makers = {
@@ -440,7 +421,7 @@ def merge_runs(paths: list[Path], tag: str) -> dict:
         for r in ran:
             for run in r["runs"].values():
                 run["steps_to_target"] = steps_to(run["test"], run["steps"], target)
-        order = [n for n in NAMES if n in results]
+        order = [n for n in adamfx.OPTIMIZERS if n in results]
         comparisons[key] = {**parts[0], "target": target, "results": {n: results[n] for n in order}}
         print(report(comparisons[key]))
         plot(comparisons[key], OUT / f"compare_{key}{tag}.png")

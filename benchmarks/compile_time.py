@@ -45,7 +45,7 @@ from benchmarks import harness
 LEAVES = [100, 200, 400, 800, 1600]
 QUICK_LEAVES = [100, 400]
 REFERENCE = "optax.adam"
-CONFIGS = [
+ADAM_CONFIGS = [
     "optax.adam",
     "optax.adam injected",  # optax.inject_hyperparams(optax.adam): its hyperparameters in the state, as adamfx's are
     "adam",
@@ -59,17 +59,32 @@ CONFIGS = [
     "factored",
     "int8+factored",
     "fused bf16",
-    # the newer optimizers at their defaults (issue 9 sets no target for them; reported against optax.adam)
-    "lion",
-    "lamb",
-    "adabelief",
-    "adopt",
-    "ademamix",
-    "prodigy",
-    "schedule_free_adamw",
-    "muon",
-    "adafactor",
 ]
+# The newer optimizers at their defaults (issue 9 sets no target for them; reported against optax.adam), each with the
+# learning rate it is built with (None: the factory's own). A subset of adamfx.OPTIMIZERS on purpose: the rows that
+# benchmarks/RESULTS.md reports (the optimizers added after Adam's family; schedule_free_adamw stands for both
+# schedule-free ones); the order is adamfx.OPTIMIZERS's.
+AT_DEFAULTS = {
+    "lion": 1e-4,
+    "lamb": 1e-3,
+    "adabelief": 1e-3,
+    "adopt": 1e-3,
+    "ademamix": 1e-3,
+    "prodigy": None,
+    "schedule_free_adamw": 1e-3,
+    "muon": 1e-3,
+    "adafactor": None,
+}
+
+
+def configurations() -> list[str]:
+    """Adam's configurations, then those of :data:`AT_DEFAULTS` in the order of ``adamfx.OPTIMIZERS``."""
+    import adamfx
+
+    unknown = set(AT_DEFAULTS) - set(adamfx.OPTIMIZERS)
+    if unknown:
+        raise ValueError(f"AT_DEFAULTS names {sorted(unknown)}, which adamfx.OPTIMIZERS does not")
+    return [*ADAM_CONFIGS, *(name for name in adamfx.OPTIMIZERS if name in AT_DEFAULTS)]
 
 
 def optimizer(name: str):
@@ -94,16 +109,10 @@ def optimizer(name: str):
         "factored": lambda: adamfx.adam(1e-3, nu_dtype="factored"),
         "int8+factored": lambda: adamfx.adam(1e-3, mu_dtype="int8", nu_dtype="factored"),
         "fused bf16": lambda: adamfx.fused(adamfx.adam(1e-3, **bf16)),
-        "lion": lambda: adamfx.lion(1e-4),
-        "lamb": lambda: adamfx.lamb(1e-3),
-        "adabelief": lambda: adamfx.adabelief(1e-3),
-        "adopt": lambda: adamfx.adopt(1e-3),
-        "ademamix": lambda: adamfx.ademamix(1e-3),
-        "prodigy": lambda: adamfx.prodigy(),
-        "schedule_free_adamw": lambda: adamfx.schedule_free_adamw(1e-3),
-        "muon": lambda: adamfx.muon(1e-3),
-        "adafactor": lambda: adamfx.adafactor(),
     }
+    if name in AT_DEFAULTS:
+        learning_rate = AT_DEFAULTS[name]
+        return getattr(adamfx, name)(*([] if learning_rate is None else [learning_rate]))
     return builders[name]()
 
 
@@ -288,7 +297,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="100 and 400 leaves and the transformer tree")
     parser.add_argument("--leaves", type=int, nargs="+", default=None, help=f"leaf counts (default {LEAVES})")
     parser.add_argument("--transformer-leaves", type=int, default=400, help="leaves of the transformer-like tree")
-    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS, help="configurations")
+    configs = configurations()
+    parser.add_argument("--configs", nargs="+", default=configs, choices=configs, help="configurations")
     parser.add_argument("--repeats", type=int, default=1, help="measurements per configuration and tree (median)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a measurement counts as inf")
     parser.add_argument("--step-speed", action="store_true", help="time the low-bit Adam step instead")

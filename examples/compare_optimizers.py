@@ -34,26 +34,10 @@ from tqdm import tqdm
 import adamfx
 
 OUT = pathlib.Path(__file__).parent / "out"
-OPTIMIZERS = (
-    "adam",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-    "adadelta",
-    "nadam",
-    "adamax",
-    "radam",
-    "lion",
-    "lamb",
-    "adabelief",
-    "adopt",
-    "ademamix",
-    "prodigy",
-    "schedule_free_adamw",
-    "schedule_free_sgd",
-    "muon",
-    "adafactor",
-)
+# Every optimizer of adamfx.OPTIMIZERS but the variants of another one's update rule (its decoupled weight decay,
+# AMSGrad's max): this example compares update rules, one run per rule (examples/sensitivity.py runs them all).
+VARIANTS = {"adamw", "amsgrad", "nadamw", "adamaxw"}
+OPTIMIZERS = tuple(name for name in adamfx.OPTIMIZERS if name not in VARIANTS)
 CONVENTION_OF = {"lamb": "optax"}  # PyTorch has no LAMB; every other optimizer runs in convention="torch"
 # Best validation loss after 30 epochs over GRID (python examples/compare_optimizers.py --sweep; the vmapped sweep
 # picks the rates the earlier sequential one did for the first eight); adadelta's best is the top of the grid;

@@ -43,34 +43,11 @@ OUT = pathlib.Path(__file__).parent / "out"
 CONVENTION = "torch"
 # The optimizers PyTorch has no version of run in optax's convention (the table marks them).
 CONVENTION_OF = {"lamb": "optax"}
-NAMES = (
-    "adam",
-    "adamw",
-    "amsgrad",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-    "adadelta",
-    "nadam",
-    "nadamw",
-    "adamax",
-    "adamaxw",
-    "radam",
-    "lion",
-    "lamb",
-    "adabelief",
-    "adopt",
-    "ademamix",
-    "prodigy",
-    "schedule_free_adamw",
-    "schedule_free_sgd",
-    "muon",  # Newton-Schulz on the two weight matrices, AdamW on the biases (muon's own split)
-    "adafactor",
-)
-# One line per optimizer: how it is built from a learning rate.
+# One line per optimizer of adamfx.OPTIMIZERS (all of them; muon orthogonalizes the two weight matrices and hands the
+# biases to AdamW, its own split by dimension): how it is built from a learning rate.
 OPTIMIZERS = {
     name: (lambda lr, name=name: getattr(adamfx, name)(lr, convention=CONVENTION_OF.get(name, CONVENTION)))
-    for name in NAMES
+    for name in adamfx.OPTIMIZERS
 }
 LR_RANGE = (10**-3.5, 10**1.5)  # 16 rates a third of a decade apart
 WITHIN = 0.10  # the "good" learning rates: final validation loss within 10% of the best

@@ -39,6 +39,7 @@ def test_every_optimizer_of_the_library_has_a_tuned_rate(example):
     new = {"lion", "lamb", "adabelief", "adopt", "ademamix", "prodigy", "schedule_free_adamw", "schedule_free_sgd"}
     assert new | {"muon", "adafactor"} <= set(example.OPTIMIZERS)
     assert all(hasattr(adamfx, name) for name in example.OPTIMIZERS)
+    assert example.VARIANTS <= set(adamfx.OPTIMIZERS)  # a renamed variant would otherwise slip into the runs
 
 
 def test_the_vmapped_sweep_picks_a_rate_of_the_grid(example, monkeypatch, capsys):

@@ -34,6 +34,12 @@ def test_every_public_optimizer_is_registered():
     assert registered - public_factories() == set()
 
 
+def test_adamfx_optimizers_names_every_public_optimizer_once():
+    """``adamfx.OPTIMIZERS``, the list the examples and benchmarks draw from, is the public factories, no more."""
+    assert len(adamfx.OPTIMIZERS) == len(set(adamfx.OPTIMIZERS)), "a name is listed twice"
+    assert set(adamfx.OPTIMIZERS) == public_factories(), "add the new optimizer to adamfx/_src/optimizers/__init__.py"
+
+
 def test_the_tables_name_registered_optimizers_only():
     for table in (registry.CONVENTIONS_OF, registry.VARIANTS, registry.PARITY):
         assert set(table) <= set(registry.FACTORIES)
