@@ -236,8 +236,10 @@ def plot(results: dict, path: Path) -> None:
     leaves = [int(t.split("x")[0]) for t in sized]
     fig, ax = plt.subplots(figsize=(7, 5))
     key = "cpu_s" if "cpu_s" in results[sized[0]][REFERENCE] else "total_s"
-    for config in results[sized[0]]:
-        ax.plot(leaves, [results[t][config][key] for t in sized], marker="o", label=config)
+    styles = ["-", "--", "-."]  # the colour cycle has 10 colours: a new line style for each round of them
+    for i, config in enumerate(results[sized[0]]):
+        seconds = [results[t][config][key] for t in sized]
+        ax.plot(leaves, seconds, marker="o", linestyle=styles[i // 10 % len(styles)], label=config)
     ax.plot(leaves, [results[sized[0]][REFERENCE][key] * n / leaves[0] for n in leaves], "k:", label="linear")
     ax.set_xscale("log")
     ax.set_yscale("log")
