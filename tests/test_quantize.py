@@ -233,7 +233,9 @@ def test_accumulate_keeps_a_running_bound_of_the_block_maxima(power):
         assert np.all(scale >= np.abs(expected_new).reshape(8, 2, 256).max(axis=-1) * (1 - 1e-6))
         np.testing.assert_array_equal(np.asarray(new), np.asarray(storage.decode(stored, dtype=jnp.float32)))
         bias = 2 ** (4 if power == 1 else 5) - 1
-        code_floor = np.repeat(scale, 256, axis=-1).reshape(shape) / MAX_VALUE[power == 1] * 2.0 ** (1 - bias - MANTISSA)
+        code_floor = (
+            np.repeat(scale, 256, axis=-1).reshape(shape) / MAX_VALUE[power == 1] * 2.0 ** (1 - bias - MANTISSA)
+        )
         terms = np.abs(decay * old) + np.abs(weight * x)  # float32 rounding of the sum, relative to its terms
         error = np.abs(np.asarray(new, np.float64) - expected_new)
         assert np.all(error <= np.abs(expected_new) * 2.0 ** -(MANTISSA + 1) + 1e-6 * terms + code_floor)

@@ -5,6 +5,8 @@ low-bit moments once per step (it cannot order the parameter update, which reads
 overwrites them); its region-based analysis orders the two and needs no copy -- provided the encoder's output
 depends on the old moment elementwise. The int8 encoder once drew its random words in the blocks' shape and
 salted them with the reshaped moment, which made XLA copy the codes even then (``benchmarks/RESULTS.md``).
+int8 hands on its stored moment, so the update reads the new codes and XLA orders it after the encoder without
+any option: the plainly jitted int8 step copies no moment either.
 """
 
 import functools

@@ -140,7 +140,12 @@ def test_an_overflowing_square_freezes_only_its_element(name, row, col, when, ex
 
 @pytest.mark.parametrize("name", [name for name in STORAGES if "factored" not in name])
 @settings(max_examples=4, deadline=None)
-@given(row=st.integers(0, SHAPE[0] - 1), col=st.integers(0, SHAPE[1] - 1), when=st.integers(0, 3), seed=st.integers(0, 2**16))
+@given(
+    row=st.integers(0, SHAPE[0] - 1),
+    col=st.integers(0, SHAPE[1] - 1),
+    when=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
 def test_a_nan_gradient_makes_only_its_element_nan(name, row, col, when, seed):
     """A NaN gradient element makes that element's updates NaN from then on, as float32 state does (int8 keeps a
     NaN code for the first moment: the moment it hands on is the stored one), and leaves every other element as it
