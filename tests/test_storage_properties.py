@@ -136,3 +136,29 @@ def test_an_overflowing_square_freezes_only_its_element(name, row, col, when, ex
         assert np.max(np.abs(got - want)[:, others]) <= 1e-4 * np.max(np.abs(want))
     else:  # elementwise storages: every other element exactly as without the spike
         np.testing.assert_array_equal(got[:, others], want[:, others])
+
+
+@pytest.mark.parametrize("name", [name for name in STORAGES if "factored" not in name])
+@settings(max_examples=4, deadline=None)
+@given(
+    row=st.integers(0, SHAPE[0] - 1),
+    col=st.integers(0, SHAPE[1] - 1),
+    when=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_a_nan_gradient_makes_only_its_element_nan(name, row, col, when, seed):
+    """A NaN gradient element makes that element's updates NaN from then on, as float32 state does (int8 keeps a
+    NaN code for the first moment: the moment it hands on is the stored one), and leaves every other element as it
+    would have been had that gradient been 0."""
+    rng = np.random.default_rng(seed)
+    grads = (rng.standard_normal((OVERFLOW_STEPS, *SHAPE)) * 10.0 ** rng.uniform(-4, 0, (1, *SHAPE))).astype(np.float32)
+    poisoned, zeroed = grads.copy(), grads.copy()
+    poisoned[when, row, col], zeroed[when, row, col] = np.nan, 0.0
+    tx = adamfx.adam(1.0, **STORAGES[name])
+    got, want = (np.asarray(trajectory(tx, jnp.asarray(g))[0]) for g in (poisoned, zeroed))
+    fp32 = np.asarray(trajectory(optax.adam(1.0), jnp.asarray(poisoned))[0])
+    assert np.isnan(fp32[when:, row, col]).all() and np.isnan(got[when:, row, col]).all()
+    assert not np.isnan(got[:when, row, col]).any()
+    others = np.ones(SHAPE, bool)
+    others[row, col] = False
+    np.testing.assert_array_equal(got[:, others], want[:, others])
