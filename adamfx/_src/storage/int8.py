@@ -408,7 +408,7 @@ class Int8Storage(Storage):
         the new codes, after the encoder, instead of recomputing the exact
         moment from the old codes while the encoder overwrites them (XLA:CPU
         copied the old codes first: on an idle 2-core CPU the plainly jitted step
-        took 2.2-2.5x the float32 step, now 1.6-2.0x, as fast as with XLA's
+        took 2.2x the float32 step, now 1.8-2.0x, about as fast as with XLA's
         region-based copy insertion). Where ``x`` is not finite (a NaN or
         infinite gradient, or a square that overflowed) the codes saturate, and
         the stage goes on with ``weight * x`` instead: ``inf`` or NaN, the value
