@@ -175,7 +175,6 @@ class FactoredStorage(Storage):
 
     elementwise: ClassVar[bool] = False  # row and column means need the leaf's shape
     exact_moment: ClassVar[bool] = False  # the next stage sees the rank-1 estimate
-    keeps_elements: ClassVar[bool] = False  # a model of the moment: row and column means
     record: ClassVar[type] = Factored  # the state holds Factored(row tree, col tree, full tree)
 
     def __post_init__(self):

@@ -26,13 +26,7 @@ never becomes 0). So the decoded ``|m|`` is at most ``(9/8) |m|`` and the decode
 ``v`` at least ``(8/9) v``: ``m / sqrt(v)`` never exceeds the exact moments' by
 more than ~19%, however far an element sits below its block's maximum (rounding
 up to the smallest code, or ``v`` flushing to 0 under a nonzero ``m``, made steps
-of ``m / eps``, 100x the float32 ones). The step itself goes on with the decoded
-codes, the moments the next step will read (unlike bitsandbytes, which updates
-with the exact float32 moments): it costs no accuracy measured in
-``benchmarks/convergence.py`` and lets XLA write the codes in place (see
-:meth:`Int8Storage.accumulate`); where the gradient is not finite it goes on with
-what float32 state would hold (``inf`` or NaN), so such an element's step is
-float32's.
+of ``m / eps``, 100x the float32 ones).
 
 The scale: ``encode`` uses each block's absolute maximum, as the paper does.
 Inside an optimizer step (``accumulate``, the moving average) it uses a running
@@ -363,7 +357,7 @@ class Int8Storage(Storage):
     signed: bool | None = None
 
     elementwise: ClassVar[bool] = True  # on a flat buffer the blocks simply fall differently
-    exact_moment: ClassVar[bool] = False  # the stage hands on the decoded codes (see accumulate)
+    exact_moment: ClassVar[bool] = True
     record: ClassVar[type] = Quantized  # the state holds Quantized(codes tree, scale tree)
 
     def __post_init__(self):
@@ -398,21 +392,7 @@ class Int8Storage(Storage):
         return quantize(value, self.block_size, self.signed is not False, u, scale)
 
     def accumulate(self, stored: Quantized, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
-        """``new = decay * decode(stored) + weight * x``, ``x = g`` or ``|g|^2`` (``power``)
-        -> ``(decode(encoded new), encoded new)``, or ``weight * x`` where ``x`` is not finite.
-
-        The stage goes on with the moment as stored, the one the next step
-        decodes (the codes' rounding keeps ``|m| / sqrt(v)`` within ~19% of the
-        exact moments', see the module docstring). That is also what lets XLA
-        write the new codes over the old ones in place: the update then reads
-        the new codes, after the encoder, instead of recomputing the exact
-        moment from the old codes while the encoder overwrites them (XLA:CPU
-        copied the old codes first: on an idle 2-core CPU the plainly jitted step
-        took 2.2x the float32 step, now 1.8-2.0x, about as fast as with XLA's
-        region-based copy insertion). Where ``x`` is not finite (a NaN or
-        infinite gradient, or a square that overflowed) the codes saturate, and
-        the stage goes on with ``weight * x`` instead: ``inf`` or NaN, the value
-        float32 state would hold, read from ``g`` alone.
+        """``new = decay * decode(stored) + weight * x``, ``x = g`` or ``|g|^2`` (``power``) -> ``(new, encoded new)``.
 
         Uses a running-bound scale: encoding ``new`` with its exact block maxima
         needs ``new`` in memory before the reduction (XLA materialises it: 4
@@ -430,8 +410,7 @@ class Int8Storage(Storage):
         gmax = lambda g: bounded_block_max(g, self.block_size)
         gmax_g = key.shared(f"block_max/{self.block_size}", g, gmax) if isinstance(key, StepKey) else gmax(g)
         bound = decay * stored.scale + weight * gmax_g**power
-        kept = self._quantize(new, key, bound.astype(stored.scale.dtype))
-        return jnp.where(jnp.isfinite(x), self.decode(kept, dtype=new.dtype), weight * x), kept
+        return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
 
     def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:
         """``encode`` of the all-zero ``value``: zero codes and scales."""

@@ -35,9 +35,7 @@ uses ``key``, and the storage has an int ``seed``; ``elementwise`` (True) --
 encoding a concatenation of leaves is as valid as encoding each leaf, so
 ``fused`` may run it on flat buffers; ``exact_moment`` (True) -- the stage hands
 on the moment it computed and only the next step sees the stored form (False:
-the stage hands on ``decode(encode(value))``, as int8 does); ``keeps_elements``
-(True) -- the record holds each element (False: the storage *models* the moment,
-as factored does, so a running maximum cannot use it);
+the storage *models* the moment, and the stage hands on ``decode(encode(value))``);
 ``record`` (None) -- the NamedTuple type ``encode`` returns when it keeps several
 arrays per leaf: the state then holds that NamedTuple of parameter-shaped trees
 (see :func:`stored_form`).
@@ -99,7 +97,6 @@ class Storage:
 
     elementwise: ClassVar[bool] = True
     exact_moment: ClassVar[bool] = True
-    keeps_elements: ClassVar[bool] = True
     record: ClassVar[type | None] = None
 
     @property
@@ -308,7 +305,7 @@ def init_stored(storage: Storage, params: Any, dtype_of, value: float = 0.0) -> 
 
 def check_keeps_elements(storage: Storage, argument: str, spec: Any, stage: str, moment: str) -> None:
     """Raises ValueError unless ``storage`` keeps each element (a running maximum cannot use a model)."""
-    if not storage.keeps_elements:
+    if not storage.exact_moment:
         raise ValueError(
             f"{stage}({argument}={spec!r}) is invalid: {moment} needs a storage that keeps each element "
             '(a float dtype or "int8"), not a model of the moment such as "factored".'
