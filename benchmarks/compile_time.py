@@ -15,13 +15,16 @@ block, ``--transformer-leaves`` leaves).
 
 ``--step-speed`` instead times one step of fp32, bf16, int8 and factored Adam
 on one float32 leaf of ``--step-size`` elements (jitted, donated, interleaved
-A B C ...), as ratios to the fp32 adamfx step.
+A B C ...), as ratios to the fp32 adamfx step; with ``--step-tree`` it times
+the low-bit and ``fused`` configurations on a whole tree instead (the step at
+the scale of a model, where per-leaf costs add up), with each one's compile time.
 
 Run::
 
     python benchmarks/compile_time.py --quick          # 100 and 400 leaves + transformer
     python benchmarks/compile_time.py                  # 100 ... 1600 leaves + transformer
     python benchmarks/compile_time.py --step-speed     # the low-bit step on one 2^24 leaf
+    python benchmarks/compile_time.py --step-speed --step-tree transformer:400   # ... on a 400-leaf tree
     python benchmarks/compile_time.py --quick --baseline /tmp/main   # before/after: main's code in the same run
 
 Writes ``compile_time.json``, ``compile_time.md`` and ``compile_time.png``
@@ -59,6 +62,8 @@ ADAM_CONFIGS = [
     "factored",
     "int8+factored",
     "fused bf16",
+    "fused int8",
+    "fused int8 pack 2^16",  # fused(..., pack_below=2**16): the leaves below 2^16 elements packed, one int8 codec
 ]
 # The newer optimizers at their defaults (issue 9 sets no target for them; reported against optax.adam), each with the
 # learning rate it is built with (None: the factory's own). A subset of adamfx.OPTIMIZERS on purpose: the rows that
@@ -95,6 +100,7 @@ def optimizer(name: str):
     import adamfx
 
     bf16 = dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    int8 = dict(mu_dtype="int8", nu_dtype="int8")
     builders = {
         "optax.adam": lambda: optax.adam(1e-3),
         "optax.adam injected": lambda: optax.inject_hyperparams(optax.adam)(learning_rate=1e-3),
@@ -105,10 +111,12 @@ def optimizer(name: str):
         "amsgrad": lambda: adamfx.adam(1e-3, amsgrad=True),
         "fused": lambda: adamfx.fused(adamfx.adam(1e-3)),
         "bf16": lambda: adamfx.adam(1e-3, **bf16),
-        "int8": lambda: adamfx.adam(1e-3, mu_dtype="int8", nu_dtype="int8"),
+        "int8": lambda: adamfx.adam(1e-3, **int8),
         "factored": lambda: adamfx.adam(1e-3, nu_dtype="factored"),
         "int8+factored": lambda: adamfx.adam(1e-3, mu_dtype="int8", nu_dtype="factored"),
         "fused bf16": lambda: adamfx.fused(adamfx.adam(1e-3, **bf16)),
+        "fused int8": lambda: adamfx.fused(adamfx.adam(1e-3, **int8)),
+        "fused int8 pack 2^16": lambda: adamfx.fused(adamfx.adam(1e-3, **int8), pack_below=2**16),
     }
     if name in AT_DEFAULTS:
         learning_rate = AT_DEFAULTS[name]
@@ -252,6 +260,22 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def timed_steps(runners: dict[str, list], steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Times ``steps`` interleaved calls of each ``[step, params, state, grads]`` (the step donates and
+    returns ``(params, state)``, kept for the next call); returns the times and their medians."""
+    import jax
+
+    def runner(entry):
+        def run():
+            entry[1], entry[2] = entry[0](entry[1], entry[2], entry[3])
+            jax.block_until_ready(entry[1])
+
+        return run
+
+    times = harness.interleaved({name: runner(entry) for name, entry in runners.items()}, samples=steps)
+    return times, {name: harness.median(t) for name, t in times.items()}
+
+
 STEP_STORAGES = ["fp32", "bf16", "int8", "factored"]
 
 
@@ -279,17 +303,49 @@ def step_speed(size: int, steps: int) -> dict:
         grads = jax.random.normal(jax.random.key(0), shape) * 1e-3
         runners[name] = [step, params, tx.init(params), grads]
 
-    def runner(entry):
-        def run():
-            entry[1], entry[2] = entry[0](entry[1], entry[2], entry[3])
-            jax.block_until_ready(entry[1])
-
-        return run
-
-    times = harness.interleaved({name: runner(entry) for name, entry in runners.items()}, samples=steps)
-    medians = {name: harness.median(t) for name, t in times.items()}
+    times, medians = timed_steps(runners, steps)
     return {
         name: {"median_s": m, "ratio": m / medians["fp32"], "iqr": harness.spread(times[name])}
+        for name, m in medians.items()
+    }
+
+
+TREE_STEP_CONFIGS = [
+    *("optax.adam", "adam", "bf16", "int8", "factored"),
+    *("fused", "fused bf16", "fused int8", "fused int8 pack 2^16"),
+]
+
+
+def tree_step_speed(tree_name: str, steps: int, configs: list[str] = TREE_STEP_CONFIGS) -> dict:
+    """Seconds per jitted, donated step on the tree ``tree_name`` for each configuration, interleaved,
+    with the lower + compile CPU seconds of each (one process: compare them as ratios only)."""
+    import jax
+    import optax
+
+    params = tree(tree_name)
+    runners, compile_s = {}, {}
+    for name in configs:
+        tx = optimizer(name)
+
+        def step(params, state, grads, tx=tx):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        state = jax.jit(tx.init)(params)
+        start = time.process_time()
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+        compile_s[name] = time.process_time() - start
+        grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(0), p.shape) * 1e-3, params)
+        runners[name] = [compiled, jax.tree.map(lambda p: p + 0.5, params), state, grads]
+
+    times, medians = timed_steps(runners, steps)
+    return {
+        name: {
+            "median_s": m,
+            "ratio": m / medians["adam"],
+            "iqr": harness.spread(times[name]),
+            "compile_cpu_s": compile_s[name],
+        }
         for name, m in medians.items()
     }
 
@@ -307,6 +363,10 @@ def main(argv=None) -> None:
     parser.add_argument("--step-size", type=int, default=2**24, help="elements of the one leaf (--step-speed)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per storage (--step-speed)")
     parser.add_argument(
+        "--step-tree",
+        help="with --step-speed: time the low-bit and fused configurations on this tree (e.g. transformer:400)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         default=None,
@@ -320,6 +380,18 @@ def main(argv=None) -> None:
         print(json.dumps(child(*args.child)))
         return
     info = harness.machine()
+    if args.step_speed and args.step_tree:
+        results = tree_step_speed(args.step_tree, args.steps)
+        print(f"\nOne jitted, donated step on {args.step_tree}, median of {args.steps} interleaved, vs fp32 adamfx\n")
+        print("| configuration | ms per step | ratio to adam | IQR/median | lower + compile (CPU s) |")
+        print("|---|---|---|---|---|")
+        for name, row in results.items():
+            print(
+                f"| {name} | {row['median_s'] * 1e3:.2f} | {row['ratio']:.2f}x | {row['iqr']:.2f} "
+                f"| {row['compile_cpu_s']:.2f} |"
+            )
+        harness.write_json(args.out / "tree_step.json", {"machine": info, "tree": args.step_tree, "results": results})
+        return
     if args.step_speed:
         results = step_speed(args.step_size, args.steps)
         print(f"\nAdam step on one float32 leaf of {args.step_size} elements, median of {args.steps}, vs fp32 adamfx\n")

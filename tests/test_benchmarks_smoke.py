@@ -91,3 +91,8 @@ def test_compile_time_tiny(tmp_path):
     subprocess.run([*command, "--step-size", "4096", "--steps", "2"], check=True, cwd=ROOT, capture_output=True)
     steps = json.loads((tmp_path / "lowbit_step.json").read_text())["results"]
     assert set(steps) == {"fp32", "bf16", "int8", "factored"} and steps["fp32"]["ratio"] == 1.0
+    tree_command = [*command, "--step-tree", "transformer:16", "--steps", "2"]
+    subprocess.run(tree_command, check=True, cwd=ROOT, capture_output=True)
+    tree_steps = json.loads((tmp_path / "tree_step.json").read_text())["results"]
+    assert "fused int8 pack 2^16" in tree_steps and tree_steps["adam"]["ratio"] == 1.0
+    assert all(row["median_s"] > 0 and row["compile_cpu_s"] > 0 for row in tree_steps.values())
