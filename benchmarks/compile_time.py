@@ -335,7 +335,10 @@ def tree_step_speed(tree_name: str, steps: int, configs: list[str] = TREE_STEP_C
         start = time.process_time()
         compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
         compile_s[name] = time.process_time() - start
-        grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(0), p.shape) * 1e-3, params)
+        leaves, treedef = jax.tree.flatten(params)  # a gradient of its own per leaf, spanning three decades
+        grads = treedef.unflatten(
+            [jax.random.normal(jax.random.key(i), p.shape) * 10.0 ** -(1 + i % 3) for i, p in enumerate(leaves)]
+        )
         runners[name] = [compiled, jax.tree.map(lambda p: p + 0.5, params), state, grads]
 
     times, medians = timed_steps(runners, steps)
