@@ -57,12 +57,13 @@ def same_sharding(a, b):
     return a.sharding.is_equivalent_to(b.sharding, a.ndim)
 
 
+LAMB = adamfx.lamb(1e-2, weight_decay=0.1, convention="keras")  # lamb (lion, one moment: test_parity_lion.py)
 TRANSFORMS = [
     adamfx.adam(1e-2),
     adamfx.amsgrad(1e-2, convention="torch"),
     adamfx.adamw(1e-2, weight_decay=0.1, weight_decay_mask=adamfx.exclude_bias_and_norm),
     adamfx.multi_steps(adamfx.with_ema(adamfx.adam(1e-2)), 2),
-    adamfx.lamb(1e-2, weight_decay=0.1, convention="keras"),  # lamb (lion, one moment: test_parity_lion.py)
+    LAMB,
 ]
 
 
@@ -124,14 +125,16 @@ def test_jitted_update_keeps_the_sharding_and_equals_the_single_device_run(tx):
     for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(new_state), strict=True):
         assert same_sharding(after, before)  # no out_shardings: XLA kept each leaf where it was
     reference = single_device_run(tx, grads_list)
-    if tx is TRANSFORMS[-1]:
-        # XLA:CPU contracts a * b + c into one FMA when both ops land in the same fusion; around
-        # MultiSteps' lax.cond the partitioned and the single-device programs fuse differently, so a
-        # few elements round differently (optax.MultiSteps(optax.adam) shows the same). Elementwise
-        # maths alone (the other transforms) fuses alike and agrees bit for bit.
+    if tx is LAMB:
+        # LAMB's trust ratio takes the norm of each leaf: the partitioned program sums a sharded leaf per
+        # shard and then across shards, one device in one pass, so the ratios -- and the steps they scale --
+        # differ in the last bits. The difference is relative to the leaf's scale, not to each element's
+        # (an element near 0 can be 32 ulp off its own value): a few ulp of the leaf's largest value.
         for x, y in zip(jax.tree.leaves((new_params, new_state)), jax.tree.leaves(reference), strict=True):
-            np.testing.assert_array_max_ulp(np.asarray(x), np.asarray(y), maxulp=4)
-    else:
+            x, y = np.asarray(x), np.asarray(y)
+            scale = np.abs(y).max() if y.size and np.issubdtype(y.dtype, np.floating) else 0
+            np.testing.assert_allclose(x, y, rtol=0, atol=4 * np.finfo(np.float32).eps * scale)
+    else:  # elementwise maths fuses alike in both programs and agrees bit for bit
         assert_bitwise_equal((new_params, new_state), reference)
 
 

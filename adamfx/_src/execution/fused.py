@@ -181,7 +181,7 @@ def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) ->
     per group instead of one per leaf), and int8 moments on hundreds of
     mid-size leaves: with ``pack_below=2**16`` the int8 codec runs once per
     step instead of once per matrix, and compiles in about ``optax.adam``'s
-    time instead of ~9x, at some cost in step time once the buffers outgrow the
+    time instead of ~6.4x, at some cost in step time once the buffers outgrow the
     cache (``docs/storage.md``, ``benchmarks/RESULTS.md``). ``pack_below=None``
     packs every leaf (like ``optax.flatten``), which costs more than it saves
     once leaves hold more than a few thousand elements. To remove the per-leaf cost of the

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adamfx._src.core.numerics import abs_sq, placeholder
+from adamfx._src.core.tracing import traced_once_per_shape
 from adamfx._src.storage.protocol import Storage
 
 
@@ -151,6 +152,16 @@ def unfactor(stored: Factored, floor=None) -> jax.Array:
     return jnp.where(flag_rows[..., :, None] & flag_cols[..., None, :], jnp.inf, estimate)
 
 
+def _accumulate_leaf(stored: Factored, g: jax.Array, decay, weight) -> tuple[jax.Array, Factored]:
+    """The new factors of a factored leaf (:func:`accumulate_factors`) and the estimate they give."""
+    kept = accumulate_factors(stored, g, decay, weight)
+    return unfactor(kept).astype(g.real.dtype), kept
+
+
+_accumulate = traced_once_per_shape(_accumulate_leaf)
+_unfactor = traced_once_per_shape(unfactor)
+
+
 @dataclasses.dataclass(frozen=True)
 class FactoredStorage(Storage):
     """Keeps the second moment of matrix-shaped leaves as row and column means (Adafactor).
@@ -197,7 +208,7 @@ class FactoredStorage(Storage):
         )
 
     def decode(self, stored: Factored, *, dtype) -> jax.Array:
-        return (unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)
+        return (_unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)
 
     def accumulate(self, stored: Factored, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
         """``new = decay * decode(stored) + weight * |g|^power`` -> ``(decode(encode(new)), encode(new))``.
@@ -209,5 +220,4 @@ class FactoredStorage(Storage):
             return super().accumulate(
                 stored, g, power=power, decay=decay, weight=weight, default_dtype=default_dtype, key=key
             )
-        kept = accumulate_factors(stored, g, decay, weight)
-        return unfactor(kept).astype(g.real.dtype), kept
+        return _accumulate(stored, g, decay, weight)

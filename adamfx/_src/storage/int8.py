@@ -65,6 +65,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adamfx._src.core.numerics import abs_sq, placeholder
+from adamfx._src.core.tracing import traced_once_per_shape
 from adamfx._src.storage.protocol import Storage
 from adamfx._src.storage.rounding import StepKey, as_word, check_rounding_and_seed, value_bits
 
@@ -326,6 +327,36 @@ def _elementwise_view(x: jax.Array, block_size: int):
     return _blocks(x, block_size), lambda s: s[..., None]
 
 
+def _encode_leaf(value: jax.Array, word: jax.Array | None, scale: jax.Array | None, block_size: int, signed: bool):
+    """:func:`quantize` of one leaf, rounding stochastically with the step's random ``word`` (None: to nearest).
+
+    The words are drawn in the encoder's own view of the leaf (the leaf itself when the blocks tile
+    its last axis): the same row-major words, and no reshape between the old codes and the new
+    ones, so XLA can write the new codes over the old ones in place (a reshape made it copy them).
+    Salted with the values, so that one word serves every leaf.
+    """
+    u = None
+    if word is not None:
+        view, _ = _elementwise_view(value, block_size)
+        u = random_words(word, view.shape, salt=value_bits(view))
+    return quantize(value, block_size, signed, u, scale)
+
+
+def _accumulate_leaf(stored: Quantized, g, gmax, decay, weight, word, power: int, block_size: int, signed: bool):
+    """``new = decay * decode(stored) + weight * |g|^power`` and its codes under the running-bound scale
+    ``decay * scale + weight * gmax^power`` (``gmax``: the gradient's block maxima)."""
+    x = g if power == 1 else abs_sq(g)
+    new = decay * dequantize(stored, block_size, signed).astype(x.dtype) + weight * x
+    bound = (decay * stored.scale + weight * gmax**power).astype(stored.scale.dtype)
+    return new, _encode_leaf(new, word, bound, block_size, signed)
+
+
+_encode = traced_once_per_shape(_encode_leaf, static_argnums=(3, 4))
+_accumulate = traced_once_per_shape(_accumulate_leaf, static_argnums=(6, 7, 8))
+_decode = traced_once_per_shape(dequantize, static_argnums=(1, 2))
+_gradient_block_max = traced_once_per_shape(bounded_block_max, static_argnums=(1,))
+
+
 @dataclasses.dataclass(frozen=True)
 class Int8Storage(Storage):
     """Keeps a moment in 8 bits per element, block-wise (``mu_dtype="int8"`` / ``nu_dtype="int8"``).
@@ -379,17 +410,11 @@ class Int8Storage(Storage):
     def encode(self, value: jax.Array, *, default_dtype, key=None) -> Quantized:
         if not self._quantizes(value):
             return Quantized(value, placeholder())
-        return self._quantize(value, key)
+        return _encode(value, self._word(key), None, self.block_size, self.signed is not False)
 
-    def _quantize(self, value: jax.Array, key, scale=None) -> Quantized:
-        u = None
-        if key is not None and self.needs_key:  # salted with the values: one key serves every leaf
-            # drawn in the encoder's own view of the leaf (the leaf itself when the blocks tile its last
-            # axis): the same row-major words, and no reshape between the old codes and the new ones,
-            # so XLA can write the new codes over the old ones in place (a reshape made it copy them)
-            view, _ = _elementwise_view(value, self.block_size)
-            u = random_words(key, view.shape, salt=value_bits(view))
-        return quantize(value, self.block_size, self.signed is not False, u, scale)
+    def _word(self, key) -> jax.Array | None:
+        """The step's random word for stochastic rounding (None: round to nearest)."""
+        return as_word(key) if key is not None and self.needs_key else None
 
     def accumulate(self, stored: Quantized, g: jax.Array, *, power=1, decay, weight, default_dtype, key=None):
         """``new = decay * decode(stored) + weight * x``, ``x = g`` or ``|g|^2`` (``power``) -> ``(new, encoded new)``.
@@ -403,14 +428,14 @@ class Int8Storage(Storage):
         maxima of ``|g|^power``) costs a few of the code's 17 (mu) or 33 (nu)
         binades of range.
         """
-        x = g if power == 1 else abs_sq(g)
-        new = decay * self.decode(stored, dtype=x.dtype) + weight * x
         if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
+            x = g if power == 1 else abs_sq(g)
+            new = decay * self.decode(stored, dtype=x.dtype) + weight * x
             return new, self.encode(new, default_dtype=default_dtype, key=key)
-        gmax = lambda g: bounded_block_max(g, self.block_size)
+        gmax = lambda g: _gradient_block_max(g, self.block_size)
         gmax_g = key.shared(f"block_max/{self.block_size}", g, gmax) if isinstance(key, StepKey) else gmax(g)
-        bound = decay * stored.scale + weight * gmax_g**power
-        return new, self._quantize(new, key, bound.astype(stored.scale.dtype))
+        signed = self.signed is not False
+        return _accumulate(stored, g, gmax_g, decay, weight, self._word(key), power, self.block_size, signed)
 
     def zeros(self, value: jax.Array, *, default_dtype) -> Quantized:
         """``encode`` of the all-zero ``value``: zero codes and scales."""
@@ -422,4 +447,4 @@ class Int8Storage(Storage):
     def decode(self, stored: Quantized, *, dtype) -> jax.Array:
         if stored.codes.dtype != jnp.uint8:  # kept as it was
             return stored.codes.astype(dtype)
-        return dequantize(stored, self.block_size, self.signed is not False).astype(dtype)
+        return _decode(stored, self.block_size, self.signed is not False).astype(dtype)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from adamfx._src.core import checks
+from adamfx._src.core.tracing import traced_once_per_shape
 
 ROUNDINGS = ("stochastic", "nearest")
 _GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: consecutive indices land far apart before hashing
@@ -146,8 +147,10 @@ def random_bits(key, shape: tuple[int, ...], salt: jax.Array | None = None) -> j
     to the high bits that the roundings use.
     """
     bits = key.bits(shape) if isinstance(key, StepKey) else _index_bits(as_word(key), tuple(shape))
-    if salt is None:
-        return bits
+    return bits if salt is None else _salted(bits, salt)
+
+
+def _salted(bits: jax.Array, salt: jax.Array) -> jax.Array:
     # an odd multiple of a uniform word is uniform, and the product carries the salt's low bits upward
     return (bits ^ salt) * jnp.uint32(0x846CA68B)
 
@@ -206,7 +209,14 @@ def _float32_to_bfloat16(x: jax.Array, key) -> jax.Array:
     round-to-nearest in software on CPUs without bfloat16 arithmetic): NaN keeps
     its sign and top mantissa bits, made quiet so that it stays NaN.
     """
+    return _bfloat16_by_bits(x, random_bits(key, x.shape))  # the index hash: once per shape, shared by the leaves
+
+
+def _round_to_bfloat16(x: jax.Array, index_bits: jax.Array) -> jax.Array:
     bits = lax.bitcast_convert_type(x, jnp.uint32)
-    top = bits + (random_bits(key, x.shape, bits) >> 16)
+    top = bits + (_salted(index_bits, bits) >> 16)
     top = jnp.where(x != x, bits | jnp.uint32(0x00400000), top) >> 16  # x != x: NaN (made quiet)
     return lax.bitcast_convert_type(top.astype(jnp.uint16), jnp.bfloat16)
+
+
+_bfloat16_by_bits = traced_once_per_shape(_round_to_bfloat16)
