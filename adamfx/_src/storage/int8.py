@@ -428,10 +428,10 @@ class Int8Storage(Storage):
         maxima of ``|g|^power``) costs a few of the code's 17 (mu) or 33 (nu)
         binades of range.
         """
-        if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was
-            x = g if power == 1 else abs_sq(g)
-            new = decay * self.decode(stored, dtype=x.dtype) + weight * x
-            return new, self.encode(new, default_dtype=default_dtype, key=key)
+        if stored.codes.dtype != jnp.uint8:  # a leaf kept as it was: the protocol's default
+            return super().accumulate(
+                stored, g, power=power, decay=decay, weight=weight, default_dtype=default_dtype, key=key
+            )
         gmax = lambda g: _gradient_block_max(g, self.block_size)
         gmax_g = key.shared(f"block_max/{self.block_size}", g, gmax) if isinstance(key, StepKey) else gmax(g)
         signed = self.signed is not False
