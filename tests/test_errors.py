@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import jax
@@ -119,6 +120,72 @@ def test_a_gradient_of_another_shape_names_the_leaf_and_both_shapes(factory, wit
         pytest.skip("stateless SGD without params has nothing to compare the shapes with")
     with pytest.raises(ValueError, match=r"gradients\['w'\] has shape \(3, 1\), but the .* has \(3,\) there"):
         tx.update(grads, tx.init(params), params if with_params else None)
+
+
+STORAGES = {
+    "int8": dict(mu_dtype="int8", nu_dtype="int8"),
+    "factored": dict(nu_dtype="factored"),
+    "int8-factored": dict(mu_dtype="int8", nu_dtype="factored"),
+    "bf16": dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("with_params", [False, True])
+@pytest.mark.parametrize("storage", list(STORAGES))
+def test_a_gradient_of_another_shape_is_refused_whatever_the_moments_storage(storage, with_params):
+    """A (64, 1) gradient would broadcast against a (64, 256) moment; int8's codes and the factored
+    row and column means are checked against the parameter's shape as plain moments are."""
+    params = {"w": jnp.ones((64, 256)), "b": jnp.ones(3)}  # w is quantized / factored, b kept whole
+    tx = adamfx.adam(1e-3, **STORAGES[storage])
+    state = tx.init(params)
+    for name, wrong in (("w", (64, 1)), ("b", (3, 1))):
+        grads = {**jax.tree.map(jnp.ones_like, params), name: jnp.ones(wrong)}
+        shape = re.escape(str(params[name].shape))
+        pattern = rf"gradients\['{name}'\] has shape \({wrong[0]}, 1\), but the .* has {shape}"
+        with pytest.raises(ValueError, match=pattern):
+            tx.update(grads, state, params if with_params else None)
+
+
+@pytest.mark.parametrize("wrong", [(64, 1), (64, 128)])
+def test_fused_without_params_says_the_gradients_do_not_match_its_state(wrong):
+    """Without params ``fused`` lays its buffers out from the gradients; a leaf of another shape then shows as
+    a mismatch of those buffers, which the error says, pointing to the params that name the leaf."""
+    params = {"w": jnp.ones((64, 256)), "b": jnp.ones(3)}
+    tx = adamfx.fused(adamfx.adam(1e-3))
+    state = tx.init(params)
+    grads = {"w": jnp.ones(wrong), "b": jnp.ones(3)}
+    with pytest.raises(ValueError, match=r"fused: the gradients do not match the state built by init.*pass the params"):
+        tx.update(grads, state)
+    named = rf"a leaf is float32\[{wrong[0]}, {wrong[1]}\] where the params have float32\[64, 256\]"
+    with pytest.raises(ValueError, match=named):
+        tx.update(grads, state, params)
+
+
+@pytest.mark.parametrize("storage", [None, *STORAGES])
+def test_an_integer_gradient_for_a_float_parameter_is_refused_not_dropped(storage):
+    """With the params given the error names the leaf and both dtypes; without them the stand-in scalar
+    that an integer gradient becomes fails the shape check, whose message says why."""
+    params = {"w": jnp.ones((64, 256)), "i": jnp.arange(3)}
+    tx = adamfx.adam(1e-3, **STORAGES.get(storage, {}))
+    state = tx.init(params)
+    grads = {"w": jnp.ones((64, 256), jnp.int32), "i": jnp.zeros(3, jnp.int32)}
+    with pytest.raises(ValueError, match=r"gradients\['w'\] is int32, but its parameter is float32"):
+        tx.update(grads, state, params)
+    with pytest.raises(ValueError, match=r"gradients\['w'\] has shape \(\).*a float parameter needs a float gradient"):
+        tx.update(grads, state)
+    updates, _ = tx.update({**grads, "w": jnp.ones((64, 256))}, state, params)  # the integer leaf itself is fine
+    assert not np.any(np.asarray(updates["i"]))
+
+
+@pytest.mark.parametrize("storage", ["int8", "factored", "bf16"])
+def test_a_state_built_by_another_storage_is_refused_naming_it(storage):
+    """float32 moments handed to an int8, factored or bfloat16 optimizer: not a KeyError from inside, nor a
+    bfloat16 optimizer that goes on keeping float32 moments."""
+    params = {"w": jnp.ones((64, 256))}
+    tx = adamfx.adam(1e-3, **STORAGES[storage])
+    foreign = adamfx.adam(1e-3).init(params)
+    with pytest.raises(ValueError, match="was the state built by the init of another optimizer"):
+        tx.update(jax.tree.map(jnp.ones_like, params), foreign, params)
 
 
 def _numpy_adam_nu(grads, b2=0.999):

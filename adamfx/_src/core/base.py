@@ -205,6 +205,7 @@ class Chain(Stage):
         if _is_parameter_tree(updates):
             if params is not None and jax.tree.structure(updates) == jax.tree.structure(params):
                 checks.check_same_structure(updates, params, "gradients", "params", shapes=True)
+                _check_float_gradients(updates, params)
                 passive = [a or b for a, b in zip(_passive(updates), _passive(params), strict=True)]
             elif params is None:
                 passive = _passive(updates)
@@ -242,6 +243,22 @@ def _is_parameter_tree(updates: Any) -> bool:
 def _passive(tree: Any) -> list[bool]:
     """Per leaf: is it an integer/bool/float0 leaf, which no optimizer updates?"""
     return [not jnp.issubdtype(getattr(x, "dtype", jnp.float32), jnp.inexact) for x in jax.tree.leaves(tree)]
+
+
+def _check_float_gradients(grads: Any, params: Any) -> None:
+    """Raises ``ValueError`` naming the leaf where a float parameter has an integer or bool gradient
+    (which would count as no gradient: its update silently zero)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(grads)
+    for (path, g), p in zip(leaves, jax.tree.leaves(params), strict=True):
+        dtype, param_dtype = getattr(g, "dtype", None), getattr(p, "dtype", None)
+        if dtype is None or param_dtype is None or dtype == jax.dtypes.float0:
+            continue
+        if jnp.issubdtype(param_dtype, jnp.inexact) and not jnp.issubdtype(dtype, jnp.inexact):
+            raise ValueError(
+                f"gradients{jax.tree_util.keystr(path)} is {jnp.dtype(dtype).name}, but its parameter is "
+                f"{jnp.dtype(param_dtype).name}: a float parameter needs a float gradient (integer, bool and float0 "
+                "gradients mean no gradient, for integer parameters)."
+            )
 
 
 def _stand_in(tree: Any, passive: list[bool]) -> Any:

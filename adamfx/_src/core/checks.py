@@ -243,8 +243,12 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is invalid: it must be one of {', '.join(map(repr, allowed))}.")
 
 
+class TreeMismatchError(ValueError):
+    """A tree (gradients, updates) whose structure or leaf shapes differ from the tree it must match."""
+
+
 def check_same_structure(tree: Any, reference: Any, what: str, reference_what: str, *, shapes: bool = False) -> None:
-    """Raises a ``ValueError`` showing both structures when ``tree`` does not match ``reference``.
+    """Raises :class:`TreeMismatchError` showing both structures when ``tree`` does not match ``reference``.
 
     ``reference`` may hold subtrees where ``tree`` has leaves (quantised state).
     With ``shapes=True`` (``reference`` is parameter-shaped), a leaf whose shape
@@ -254,7 +258,7 @@ def check_same_structure(tree: Any, reference: Any, what: str, reference_what: s
     try:
         jax.tree.map(lambda *_: None, tree, reference)
     except (ValueError, TypeError) as error:
-        raise ValueError(
+        raise TreeMismatchError(
             f"{what} do not match the {reference_what}.\n"
             f"  {what}: {jax.tree.structure(tree)}\n"
             f"  {reference_what}: {jax.tree.structure(reference)}\n"
@@ -265,23 +269,31 @@ def check_same_structure(tree: Any, reference: Any, what: str, reference_what: s
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
     for (path, leaf), ref in zip(leaves, jax.tree.leaves(reference), strict=True):
         if np.shape(leaf) != np.shape(ref):
-            raise ValueError(
+            # an integer, bool or float0 gradient reaches the stages as a float32 scalar (no gradient)
+            stand_in = np.shape(leaf) == () and getattr(leaf, "dtype", None) == np.float32
+            hint = STAND_IN_HINT if stand_in else ""
+            raise TreeMismatchError(
                 f"{what}{jax.tree_util.keystr(path)} has shape {tuple(np.shape(leaf))}, but the "
-                f"{reference_what} has {tuple(np.shape(ref))} there: each leaf must have its parameter's shape."
+                f"{reference_what} has {tuple(np.shape(ref))} there: each leaf must have its parameter's shape{hint}."
             )
+
+
+STAND_IN_HINT = (
+    " (if it is an integer, bool or float0 array: those mean no gradient, for an integer parameter;"
+    " a float parameter needs a float gradient)"
+)
 
 
 def conform(tree: Any, storage: Any, reference: Any, what: str) -> Any:
     """Checks ``tree`` against a stored moment's ``reference`` tree and returns it in the state's dtypes.
 
-    For a storage that keeps one parameter-shaped array per leaf (``record`` is
-    None), shapes must match (the error names the leaf path) and float leaves
-    are widened to the stored dtype (:func:`promote_to`); for other storages
-    only the tree structure is checked.
+    Shapes must match (the error names the leaf path; ``reference`` is
+    :func:`adamfx._src.storage.protocol.parameter_shaped`'s tree). For a storage
+    that keeps one parameter-shaped array per leaf (``record`` is None) float
+    leaves are widened to the stored dtype (:func:`promote_to`).
     """
-    exact = getattr(storage, "record", None) is None
-    check_same_structure(tree, reference, what, "optimizer state (built by init)", shapes=exact)
-    return promote_to(tree, reference) if exact else tree
+    check_same_structure(tree, reference, what, "optimizer state (built by init)", shapes=True)
+    return promote_to(tree, reference) if getattr(storage, "record", None) is None else tree
 
 
 def promote_to(tree: Any, reference: Any) -> Any:

@@ -138,9 +138,18 @@ class Fused(Stage):
             raise ValueError(f"fused: expected the FusedState built by init, got {type(state).__name__}.")
         layout = self.layout(updates if params is None else params)
         flat_params = None if params is None else layout.flatten(params, "params")
-        flat_updates, inner = self._grouped(layout).update(
-            layout.flatten(updates, "updates"), state.inner, flat_params, **extra_args
-        )
+        try:
+            flat_updates, inner = self._grouped(layout).update(
+                layout.flatten(updates, "updates"), state.inner, flat_params, **extra_args
+            )
+        except checks.TreeMismatchError as error:
+            if params is not None:
+                raise
+            raise ValueError(  # the buffers were laid out from the gradients: their keys are not the user's
+                "fused: the gradients do not match the state built by init -- a leaf's shape or dtype differs "
+                "from its parameter's (without params the buffers are laid out from the gradients, so the "
+                f"mismatch shows on them; pass the params to update to have the leaf named): {error}"
+            ) from error
         if not isinstance(flat_updates, dict):
             raise TypeError(
                 f"fused(tx): tx must emit parameter-shaped updates, it emitted {type(flat_updates).__name__}; "

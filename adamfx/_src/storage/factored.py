@@ -207,6 +207,10 @@ class FactoredStorage(Storage):
             jnp.zeros(shape[:-1], value.dtype), jnp.zeros(shape[:-2] + shape[-1:], value.dtype), placeholder()
         )
 
+    def shape(self, stored: Factored) -> tuple[int, ...]:
+        """The moment's shape: ``row`` holds ``shape[:-1]``, ``col`` ends with ``shape[-1]``."""
+        return (*stored.row.shape, stored.col.shape[-1]) if is_factored(stored) else tuple(stored.full.shape)
+
     def decode(self, stored: Factored, *, dtype) -> jax.Array:
         return (_unfactor(stored) if is_factored(stored) else stored.full).astype(dtype)
 

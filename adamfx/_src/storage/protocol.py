@@ -16,7 +16,10 @@ from :class:`Storage`, applied leaf by leaf, with keyword-only operations:
   ``(moment, record)`` for ``moment = decay * old + weight * x``, the running
   sums and averages the stages keep (default: decode, combine, :meth:`Storage.store`;
   int8 overrides it to bound its block scales from ``x`` alone);
-- ``store(value, *, default_dtype, key=None)`` -> ``(moment to hand on, record)``.
+- ``store(value, *, default_dtype, key=None)`` -> ``(moment to hand on, record)``;
+- ``shape(record)`` -> the shape of the moment it keeps, the parameter's (default: the record's
+  own; a storage with a ``record`` of several arrays overrides it): the stages check each gradient
+  leaf against it, so a gradient of another shape is an error naming the leaf, not a broadcast.
 
 ``default_dtype`` is the dtype the moment has when the user asked for nothing
 (the parameter's dtype, real for a real moment such as ``|g|^2``). ``key`` is
@@ -115,6 +118,15 @@ class Storage:
     def zeros(self, value: jax.Array, *, default_dtype) -> Any:
         """The record of the all-zero ``value`` (used by ``init``); by default ``encode(value)``."""
         return self.encode(value, default_dtype=default_dtype)
+
+    def shape(self, stored: Any) -> tuple[int, ...]:
+        """The shape of the moment a record keeps -- its parameter's (default: the record's own shape).
+
+        A storage whose ``record`` holds several arrays overrides it (int8: the codes' shape);
+        the stages check every gradient leaf against it, so a gradient of another shape is an
+        error naming the leaf, never a silent broadcast against the stored moment.
+        """
+        return tuple(jnp.shape(stored))
 
     def store(self, value: jax.Array, *, default_dtype, key: Any = None) -> tuple[jax.Array, Any]:
         """``(moment to hand on, record to keep)`` for a freshly computed moment ``value``."""
@@ -282,8 +294,44 @@ def stored_records(storage: Storage, stored: Any, treedef) -> list:
 
 
 def parameter_shaped(storage: Storage, stored: Any) -> Any:
-    """A parameter-shaped tree of the stored moment (for structure checks)."""
-    return stored if storage.record is None else stored[0]
+    """A parameter-shaped tree of the stored moment, for the stages' checks of the gradients: the stored
+    arrays themselves, or for a storage that keeps a ``record`` per leaf, each leaf's
+    :meth:`Storage.shape` (as a ``jax.ShapeDtypeStruct``).
+
+    Raises ``ValueError`` when ``stored`` is not the record this storage keeps (a state built by another
+    optimizer's ``init``: float32 moments handed to an int8 optimizer).
+    """
+    if storage.record is None:
+        if isinstance(storage, FloatStorage) and storage.dtype is not None:
+            _check_stored_dtype(storage, stored)
+        return stored
+    if not isinstance(stored, storage.record):
+        raise ValueError(
+            f"the optimizer state holds a {type(stored).__name__} where {storage!r} keeps a "
+            f"{storage.record.__name__} of parameter-shaped trees: was the state built by the init of another "
+            "optimizer (another mu_dtype or nu_dtype)?"
+        )
+    treedef = jax.tree.structure(stored[0])
+    shapes = [
+        jax.ShapeDtypeStruct(storage.shape(record), jnp.result_type(record[0]))
+        for record in stored_records(storage, stored, treedef)
+    ]
+    return treedef.unflatten(shapes)
+
+
+def _check_stored_dtype(storage: FloatStorage, stored: Any) -> None:
+    """Raises ``ValueError`` naming the leaf where ``stored`` does not have the dtype ``storage`` keeps
+    (``_keep_dtypes`` would otherwise go on casting to the foreign dtype, silently another storage)."""
+    dtype = jnp.dtype(storage.dtype)
+    allowed = {dtype, jnp.promote_types(dtype, jnp.complex64)}  # a complex moment keeps its imaginary part
+    leaves, _ = jax.tree_util.tree_flatten_with_path(stored)
+    for path, leaf in leaves:
+        if jnp.result_type(leaf) not in allowed:
+            raise ValueError(
+                f"the optimizer state's moment{jax.tree_util.keystr(path)} is {jnp.result_type(leaf).name}, but "
+                f"{storage!r} keeps it as {dtype.name}: was the state built by the init of another optimizer "
+                "(another mu_dtype or nu_dtype)?"
+            )
 
 
 def init_stored(storage: Storage, params: Any, dtype_of, value: float = 0.0) -> Any:
