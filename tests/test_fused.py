@@ -303,6 +303,23 @@ def test_mismatched_gradients_raise_clear_errors():
         fx.update({**params, "b": jnp.zeros(7)}, state, params)
 
 
+@pytest.mark.parametrize("grad_dtype", [jnp.bfloat16, jnp.float16])
+def test_narrower_gradients_are_computed_at_the_params_dtype_as_unfused(grad_dtype):
+    """Mixed precision: bfloat16 (or float16) gradients of float32 params. The unfused optimizer widens them
+    to the state's float32; fused does the same before packing, so both give the same updates, in the
+    gradients' dtype (it refused them: the packed buffers have the params' dtype)."""
+    params = {"w": jnp.ones((64, 80)), "b": jnp.ones(16), "c": jnp.ones(3)}
+    tx, fx = adamfx.adam(1e-2), adamfx.fused(adamfx.adam(1e-2))
+    state, fstate = tx.init(params), fx.init(params)
+    for t in range(3):
+        grads = jax.tree.map(lambda p: (jnp.sin(jnp.arange(p.size) + t).reshape(p.shape)).astype(grad_dtype), params)
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        fupdates, fstate = jax.jit(fx.update)(grads, fstate, params)
+        for name in params:
+            assert fupdates[name].dtype == updates[name].dtype == grad_dtype
+            np.testing.assert_array_equal(np.asarray(fupdates[name], np.float32), np.asarray(updates[name], np.float32))
+
+
 def test_inside_optax_chain():
     params = make_params(jnp.float32)
     clip = optax.clip_by_global_norm(0.5)

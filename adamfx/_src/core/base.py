@@ -220,11 +220,11 @@ class Chain(Stage):
         if passive is not None and any(passive):
             updates = _pass_through(updates, original, passive)
         if passive is not None:
-            updates = _like(updates, original)
+            updates = like_gradients(updates, original)
         return updates, tuple(new_state)
 
 
-def _like(updates: Any, grads: Any) -> Any:
+def like_gradients(updates: Any, grads: Any) -> Any:
     """The updates in the gradients' dtypes (the stages compute in the state's, which may be wider).
 
     optax's ``apply_if_finite`` and ``MultiSteps`` put the updates and zeros like

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from adamfx._src.core import checks, frozen
-from adamfx._src.core.base import Chain, GradientTransformation, Stage, require_stage, stage_of
+from adamfx._src.core.base import Chain, GradientTransformation, Stage, like_gradients, require_stage, stage_of
 from adamfx._src.execution.flat import Layout
 
 # Leaves this large (in elements) keep a buffer of their own; smaller ones are packed.
@@ -138,6 +138,9 @@ class Fused(Stage):
             raise ValueError(f"fused: expected the FusedState built by init, got {type(state).__name__}.")
         layout = self.layout(updates if params is None else params)
         flat_params = None if params is None else layout.flatten(params, "params")
+        grads = updates
+        if params is not None and jax.tree.structure(updates) == jax.tree.structure(params):
+            updates = checks.promote_to(updates, params)  # bfloat16 gradients of float32 params: float32, as unfused
         try:
             flat_updates, inner = self._grouped(layout).update(
                 layout.flatten(updates, "updates"), state.inner, flat_params, **extra_args
@@ -155,9 +158,8 @@ class Fused(Stage):
                 f"fused(tx): tx must emit parameter-shaped updates, it emitted {type(flat_updates).__name__}; "
                 "wrap a whole optimizer (its chain must end with a stage such as normalize or lr_decay)."
             )
-        return layout.unflatten(cast(dict, flat_updates), jax.tree.structure(updates), opaque_offsets=True), FusedState(
-            inner
-        )
+        cut = layout.unflatten(cast(dict, flat_updates), jax.tree.structure(updates), opaque_offsets=True)
+        return like_gradients(cut, grads), FusedState(inner)
 
 
 def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) -> GradientTransformation:
@@ -174,7 +176,10 @@ def fused(tx: GradientTransformation, *, pack_below: int | None = PACK_BELOW) ->
     parameter-shaped leaves. It fits wherever ``tx`` does: ``optax.chain``,
     ``nnx.Optimizer``, ``TrainState``, ``jit`` with donated state.
 
-    A per-leaf mask (``weight_decay_mask``) splits the groups by the mask's value.
+    Gradients narrower than their params (bfloat16 gradients of float32 params) are widened to
+    the params' dtype before packing, as the unfused optimizer widens them to its state's, and the
+    updates come back in the gradients' dtypes. A per-leaf mask (``weight_decay_mask``) splits the
+    groups by the mask's value.
     ``tx`` must be built from adamfx stages that are elementwise; anything else
     (a factored second moment, a foreign optax transform) raises ``ValueError`` here.
 
