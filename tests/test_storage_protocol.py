@@ -1,6 +1,7 @@
 """The Storage protocol: a new storage is a few lines, works in every stage that keeps a moment, and is checked."""
 
 import dataclasses
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,41 @@ def test_a_new_storage_keeps_the_sgd_momentum_buffer():
         expected, ref_state = reference.update(grads(step), ref_state, PARAMS)
         for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-9)
+
+
+class Split(NamedTuple):
+    high: jax.Array  # the value rounded to bfloat16, parameter-shaped
+    low: jax.Array  # what bfloat16 lost, parameter-shaped
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitStorage(adamfx.Storage):
+    """A toy storage keeping a record of two arrays (bfloat16 plus its float32 remainder): exact."""
+
+    record: ClassVar[type] = Split
+
+    def encode(self, value, *, default_dtype, key=None):
+        high = value.astype(jnp.bfloat16)
+        return Split(high, value - high.astype(value.dtype))
+
+    def decode(self, stored, *, dtype):
+        return (stored.high.astype(jnp.float32) + stored.low).astype(dtype)
+
+
+def test_a_record_storage_keeps_adam_moments_and_its_gradients_are_shape_checked():
+    """A storage keeping a record of several arrays: the state holds a Split of parameter-shaped trees, the
+    moments are float32's (the split is exact), and a gradient of another shape is refused naming the leaf
+    by the default ``Storage.shape`` (the record's first field) -- not broadcast against the moment."""
+    tx, reference = adamfx.adam(1e-2, mu_dtype=SplitStorage()), adamfx.adam(1e-2)
+    state, ref_state = tx.init(PARAMS), reference.init(PARAMS)
+    assert isinstance(state[0].mu, Split) and state[0].mu.high["w"].shape == (3, 4)
+    for step in range(3):
+        updates, state = jax.jit(tx.update)(grads(step), state, PARAMS)
+        expected, ref_state = jax.jit(reference.update)(grads(step), ref_state, PARAMS)
+        for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match=r"gradients\['w'\] has shape \(3, 1\), but the .* has \(3, 4\)"):
+        tx.update({**grads(0), "w": jnp.ones((3, 1))}, state)
 
 
 def test_storages_share_the_base_class_and_its_flags():

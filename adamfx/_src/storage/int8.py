@@ -444,9 +444,6 @@ class Int8Storage(Storage):
         codes = jnp.zeros_like(value, jnp.uint8)
         return Quantized(codes, jnp.zeros(n_blocks(value.shape, self.block_size), value.dtype))
 
-    def shape(self, stored: Quantized) -> tuple[int, ...]:
-        return tuple(stored.codes.shape)  # the codes (or the value kept as it was) have the parameter's shape
-
     def decode(self, stored: Quantized, *, dtype) -> jax.Array:
         if stored.codes.dtype != jnp.uint8:  # kept as it was
             return stored.codes.astype(dtype)

@@ -17,9 +17,9 @@ from :class:`Storage`, applied leaf by leaf, with keyword-only operations:
   sums and averages the stages keep (default: decode, combine, :meth:`Storage.store`;
   int8 overrides it to bound its block scales from ``x`` alone);
 - ``store(value, *, default_dtype, key=None)`` -> ``(moment to hand on, record)``;
-- ``shape(record)`` -> the shape of the moment it keeps, the parameter's (default: the record's
-  own; a storage with a ``record`` of several arrays overrides it): the stages check each gradient
-  leaf against it, so a gradient of another shape is an error naming the leaf, not a broadcast.
+- ``shape(record)`` -> the shape of the moment it keeps, the parameter's (default: the record's,
+  or its first field's; factored overrides it): the stages check each gradient leaf against it, so
+  a gradient of another shape is an error naming the leaf, not a broadcast.
 
 ``default_dtype`` is the dtype the moment has when the user asked for nothing
 (the parameter's dtype, real for a real moment such as ``|g|^2``). ``key`` is
@@ -120,13 +120,14 @@ class Storage:
         return self.encode(value, default_dtype=default_dtype)
 
     def shape(self, stored: Any) -> tuple[int, ...]:
-        """The shape of the moment a record keeps -- its parameter's (default: the record's own shape).
+        """The shape of the moment a record keeps, its parameter's: by default the shape of the record,
+        or of its first field when the storage keeps a ``record`` NamedTuple (int8's codes).
 
-        A storage whose ``record`` holds several arrays overrides it (int8: the codes' shape);
-        the stages check every gradient leaf against it, so a gradient of another shape is an
-        error naming the leaf, never a silent broadcast against the stored moment.
+        A storage whose first field is not parameter-shaped overrides it (factored: row and column
+        means). The stages check every gradient leaf against it, so a gradient of another shape is
+        an error naming the leaf, never a silent broadcast against the stored moment.
         """
-        return tuple(jnp.shape(stored))
+        return tuple(jnp.shape(stored if self.record is None else stored[0]))
 
     def store(self, value: jax.Array, *, default_dtype, key: Any = None) -> tuple[jax.Array, Any]:
         """``(moment to hand on, record to keep)`` for a freshly computed moment ``value``."""
