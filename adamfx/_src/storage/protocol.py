@@ -19,7 +19,9 @@ from :class:`Storage`, applied leaf by leaf, with keyword-only operations:
 - ``store(value, *, default_dtype, key=None)`` -> ``(moment to hand on, record)``;
 - ``shape(record)`` -> the shape of the moment it keeps, the parameter's (default: the record's,
   or its first field's; factored overrides it): the stages check each gradient leaf against it, so
-  a gradient of another shape is an error naming the leaf, not a broadcast.
+  a gradient of another shape is an error naming the leaf, not a broadcast;
+- ``check_stored(stored)``: raises ``ValueError`` when a moment's stored form is not what the
+  storage keeps (a state from another optimizer's ``init``; default: the ``record`` type).
 
 ``default_dtype`` is the dtype the moment has when the user asked for nothing
 (the parameter's dtype, real for a real moment such as ``|g|^2``). ``key`` is
@@ -129,6 +131,16 @@ class Storage:
         """
         return tuple(jnp.shape(stored if self.record is None else stored[0]))
 
+    def check_stored(self, stored: Any) -> None:
+        """Raises ``ValueError`` when ``stored`` (a moment's stored form, parameter-shaped) is not what this
+        storage keeps -- a state built by another optimizer's ``init``. By default: a storage with a
+        ``record`` needs that NamedTuple."""
+        if self.record is not None and not isinstance(stored, self.record):
+            raise ValueError(
+                f"the optimizer state holds a {type(stored).__name__} where {self!r} keeps a "
+                f"{self.record.__name__} of parameter-shaped trees: {_ANOTHER_INIT}"
+            )
+
     def store(self, value: jax.Array, *, default_dtype, key: Any = None) -> tuple[jax.Array, Any]:
         """``(moment to hand on, record to keep)`` for a freshly computed moment ``value``."""
         kept = self.encode(value, default_dtype=default_dtype, key=key)
@@ -188,10 +200,15 @@ class FloatStorage(Storage):
     def needs_key(self) -> bool:
         return self.rounding == "stochastic"
 
-    def encode(self, value: jax.Array, *, default_dtype, key=None) -> jax.Array:
+    def _kept_dtype(self, value_dtype, default_dtype) -> jnp.dtype:
+        """The dtype a moment of ``value_dtype`` is kept in: ``dtype`` (else ``default_dtype``), complex if it is."""
         dtype = jnp.dtype(self.dtype if self.dtype is not None else default_dtype)
-        if jnp.iscomplexobj(value) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        if jnp.issubdtype(value_dtype, jnp.complexfloating) and not jnp.issubdtype(dtype, jnp.complexfloating):
             dtype = jnp.promote_types(dtype, jnp.complex64)  # a complex moment keeps its imaginary part
+        return dtype
+
+    def encode(self, value: jax.Array, *, default_dtype, key=None) -> jax.Array:
+        dtype = self._kept_dtype(value.dtype, default_dtype)
         narrower = jnp.promote_types(dtype, value.dtype) != dtype
         if key is None or not self.needs_key or not narrower:
             return value.astype(dtype)
@@ -199,6 +216,19 @@ class FloatStorage(Storage):
 
     def decode(self, stored: jax.Array, *, dtype) -> jax.Array:
         return stored.astype(dtype)
+
+    def check_stored(self, stored: Any) -> None:
+        """With an explicit ``dtype``, every stored leaf must be kept in it (``_keep_dtypes`` would otherwise
+        go on casting the new moments to a foreign dtype: silently another storage)."""
+        if self.dtype is None:  # the default dtype follows each parameter's
+            return
+        for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]:
+            found = jnp.result_type(leaf)
+            if found != self._kept_dtype(found, None):
+                raise ValueError(
+                    f"the optimizer state's moment{jax.tree_util.keystr(path)} is {found.name}, but {self!r} "
+                    f"keeps it as {jnp.dtype(self.dtype).name}: {_ANOTHER_INIT}"
+                )
 
 
 def _is_int8(spec: Any) -> bool:
@@ -212,6 +242,8 @@ def _float_dtype(spec: Any, name: str) -> jnp.dtype:
         raise ValueError(f"{name}={spec!r} is invalid: {_ALLOWED}.")
     return dtype
 
+
+_ANOTHER_INIT = "was the state built by the init of another optimizer (another mu_dtype or nu_dtype)?"
 
 _ALLOWED = (
     'it must be None, a JAX float dtype (jnp.bfloat16, jnp.float16, jnp.float32, ...), "int8", '
@@ -299,40 +331,18 @@ def parameter_shaped(storage: Storage, stored: Any) -> Any:
     arrays themselves, or for a storage that keeps a ``record`` per leaf, each leaf's
     :meth:`Storage.shape` (as a ``jax.ShapeDtypeStruct``).
 
-    Raises ``ValueError`` when ``stored`` is not the record this storage keeps (a state built by another
-    optimizer's ``init``: float32 moments handed to an int8 optimizer).
+    Raises ``ValueError`` when ``stored`` is not what this storage keeps (:meth:`Storage.check_stored`:
+    a state built by another optimizer's ``init``, float32 moments handed to an int8 optimizer).
     """
+    storage.check_stored(stored)
     if storage.record is None:
-        if isinstance(storage, FloatStorage) and storage.dtype is not None:
-            _check_stored_dtype(storage, stored)
         return stored
-    if not isinstance(stored, storage.record):
-        raise ValueError(
-            f"the optimizer state holds a {type(stored).__name__} where {storage!r} keeps a "
-            f"{storage.record.__name__} of parameter-shaped trees: was the state built by the init of another "
-            "optimizer (another mu_dtype or nu_dtype)?"
-        )
     treedef = jax.tree.structure(stored[0])
     shapes = [
         jax.ShapeDtypeStruct(storage.shape(record), jnp.result_type(record[0]))
         for record in stored_records(storage, stored, treedef)
     ]
     return treedef.unflatten(shapes)
-
-
-def _check_stored_dtype(storage: FloatStorage, stored: Any) -> None:
-    """Raises ``ValueError`` naming the leaf where ``stored`` does not have the dtype ``storage`` keeps
-    (``_keep_dtypes`` would otherwise go on casting to the foreign dtype, silently another storage)."""
-    dtype = jnp.dtype(storage.dtype)
-    allowed = {dtype, jnp.promote_types(dtype, jnp.complex64)}  # a complex moment keeps its imaginary part
-    leaves, _ = jax.tree_util.tree_flatten_with_path(stored)
-    for path, leaf in leaves:
-        if jnp.result_type(leaf) not in allowed:
-            raise ValueError(
-                f"the optimizer state's moment{jax.tree_util.keystr(path)} is {jnp.result_type(leaf).name}, but "
-                f"{storage!r} keeps it as {dtype.name}: was the state built by the init of another optimizer "
-                "(another mu_dtype or nu_dtype)?"
-            )
 
 
 def init_stored(storage: Storage, params: Any, dtype_of, value: float = 0.0) -> Any:
