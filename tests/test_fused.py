@@ -307,17 +307,22 @@ def test_mismatched_gradients_raise_clear_errors():
 def test_narrower_gradients_are_computed_at_the_params_dtype_as_unfused(grad_dtype):
     """Mixed precision: bfloat16 (or float16) gradients of float32 params. The unfused optimizer widens them
     to the state's float32; fused does the same before packing, so both give the same updates, in the
-    gradients' dtype (it refused them: the packed buffers have the params' dtype)."""
+    gradients' dtype (it refused them: the packed buffers have the params' dtype). The independent reference:
+    optax.adam on the same gradients cast to float32, its updates rounded to the gradients' dtype."""
     params = {"w": jnp.ones((64, 80)), "b": jnp.ones(16), "c": jnp.ones(3)}
-    tx, fx = adamfx.adam(1e-2), adamfx.fused(adamfx.adam(1e-2))
-    state, fstate = tx.init(params), fx.init(params)
+    tx, fx, reference = adamfx.adam(1e-2), adamfx.fused(adamfx.adam(1e-2)), optax.adam(1e-2)
+    state, fstate, ref_state = tx.init(params), fx.init(params), reference.init(params)
     for t in range(3):
         grads = jax.tree.map(lambda p: (jnp.sin(jnp.arange(p.size) + t).reshape(p.shape)).astype(grad_dtype), params)
         updates, state = jax.jit(tx.update)(grads, state, params)
         fupdates, fstate = jax.jit(fx.update)(grads, fstate, params)
+        expected, ref_state = reference.update(jax.tree.map(lambda g: g.astype(jnp.float32), grads), ref_state)
         for name in params:
             assert fupdates[name].dtype == updates[name].dtype == grad_dtype
             np.testing.assert_array_equal(np.asarray(fupdates[name], np.float32), np.asarray(updates[name], np.float32))
+            ulp = float(jnp.finfo(grad_dtype).eps)  # float32 results an ulp apart may round to neighbours
+            rounded = np.asarray(expected[name].astype(grad_dtype), np.float32)
+            np.testing.assert_allclose(np.asarray(fupdates[name], np.float32), rounded, rtol=ulp)
 
 
 def test_inside_optax_chain():
